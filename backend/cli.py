@@ -1,0 +1,148 @@
+"""The `dualseg` command. Heavy imports (torch, models, worker) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from backend.config import get_settings
+
+app = typer.Typer(
+    help="dualseg: segmentation + voxelwise uncertainty server, trainer and tools.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config(str(REPO_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(REPO_ROOT / "alembic"))
+    cfg.set_main_option("sqlalchemy.url", (url or get_settings().resolved_database_url).replace("%", "%%"))
+    return cfg
+
+
+def run_migrations(url: str | None = None, revision: str = "head") -> None:
+    """`alembic upgrade <revision>` against the configured (or given) database."""
+    from alembic import command
+
+    get_settings().ensure_dirs()
+    command.upgrade(_alembic_config(url), revision)
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+    down: Annotated[bool, typer.Option(help="downgrade to REVISION instead")] = False,
+) -> None:
+    """Apply database migrations (alembic upgrade head)."""
+    from alembic import command
+
+    if down:
+        command.downgrade(_alembic_config(), revision)
+    else:
+        run_migrations(revision=revision)
+    typer.echo(f"database at {'downgraded' if down else 'upgraded'} to {revision}")
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="bind address (DUALSEG_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (DUALSEG_PORT)")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the HTTP API (production process; no worker inside)."""
+    import uvicorn
+
+    s = get_settings()
+    uvicorn.run(
+        "backend.main:create_app",
+        factory=True,
+        host=host or s.host,
+        port=port or s.port,
+        workers=workers,
+        log_level=s.log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "inference,training",
+    pool: Annotated[str, typer.Option(help="solo | prefork | threads")] = "solo",
+    concurrency: Annotated[int, typer.Option(help="processes/threads (1 per GPU)")] = 1,
+    beat: Annotated[bool, typer.Option(help="also run the beat scheduler in this process")] = False,
+) -> None:
+    """Run a Celery worker consuming QUEUES (production: one per GPU for `inference`)."""
+    from worker.app import create_worker_app
+
+    s = get_settings()
+    celery_app = create_worker_app(s)
+    argv = ["worker", "-Q", queues, "-P", pool, "-c", str(concurrency), "--loglevel", s.log_level,
+            "--without-gossip", "--without-mingle", "-n", f"dualseg-{pool}@%h"]
+    if beat:
+        argv += ["-B", "-s", str(s.data_path / "celerybeat-schedule")]
+    celery_app.worker_main(argv)
+
+
+@app.command("beat")
+def beat_cmd() -> None:
+    """Run the beat scheduler (stuck-job sweeper, scheduled retraining). Exactly one per deployment."""
+    from worker.app import create_worker_app
+
+    s = get_settings()
+    celery_app = create_worker_app(s)
+    celery_app.start(["beat", "-s", str(s.data_path / "celerybeat-schedule"), "--loglevel", s.log_level])
+
+
+@app.command()
+def serve(
+    ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the API")] = 120.0,
+) -> None:
+    """Embedded mode: migrate, then run the API and one worker (solo pool, beat inside) as children."""
+    from backend.supervisor import Supervisor, python_child
+
+    s = get_settings()
+    s.ensure_dirs()
+    typer.echo(f"dualseg: data in {s.data_path}")
+    run_migrations()
+    from backend.services.bootstrap import bootstrap_embedded
+
+    for line in bootstrap_embedded(s):
+        typer.echo(line)
+    queues = f"{s.queue_inference},{s.queue_training}"
+    sup = Supervisor(
+        [python_child("api"), python_child("worker", "--queues", queues, "--pool", "solo", "--beat")],
+        echo=typer.echo,
+    )
+    base = f"http://{s.host}:{s.port}"
+
+    def announce() -> None:
+        if sup.wait_http(f"{base}/healthz", ready_timeout):
+            typer.echo(f"dualseg is up at {base}  (API docs: {base}/docs, health: {base}/readyz)")
+            if s.auth_enabled:
+                typer.echo("log in with a token from: dualseg tokens create --role admin")
+            else:
+                typer.echo("authentication is off (embedded mode, loopback only); Ctrl-C stops everything")
+
+    code = sup.run(on_ready=announce)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        from backend import cli_models  # noqa: F401 - registers the ML commands on `app`
+    except ImportError as exc:  # pragma: no cover - partial checkouts
+        print(f"warning: ML commands unavailable: {exc}", file=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""One Settings object for every dualseg process (env prefix ``DUALSEG_``).
+
+The defaults are the *embedded* mode: a SQLite file, a filesystem Celery broker and artifacts under
+``DUALSEG_DATA_DIR`` — no external service. Production sets ``DUALSEG_ENV=production`` with PostgreSQL,
+Redis and a shared artifact volume; validators refuse unsafe production values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET = "dualseg-development-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """All configuration. Every field can be set as ``DUALSEG_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="DUALSEG_", env_file=None, extra="ignore")
+
+    env: Literal["development", "production"] = Field(
+        "development", description="`production` turns on the safety validators"
+    )
+    host: str = Field("127.0.0.1", description="address the API binds to")
+    port: int = Field(8000, ge=1, le=65535, description="port the API binds to")
+    data_dir: Path = Field(Path("var"), description="root for the embedded database, broker and artifacts")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite file in data_dir")
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; default a filesystem broker in data_dir/broker"
+    )
+    storage_dir: Path | None = Field(None, description="artifact store; default data_dir/artifacts")
+    model_dir: Path | None = Field(None, description="model packages; default data_dir/models")
+    queue_inference: str = Field("inference", description="Celery queue for segmentation jobs")
+    queue_training: str = Field("training", description="Celery queue for retraining runs")
+    max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="cap on one upload request, bytes")
+    max_upload_files: int = Field(5000, gt=0, description="cap on files in one upload (zip entries too)")
+    max_voxels: int = Field(512 * 512 * 1024, gt=0, description="cap on voxels of one volume")
+    auth_enabled: bool = Field(False, description="require bearer tokens on /api routes")
+    secret_key: str = Field(DEFAULT_SECRET, description="server secret (token peppering)")
+    job_time_limit_s: int = Field(1800, gt=0, description="hard time limit of one segmentation job")
+    job_lease_s: int = Field(3600, gt=0, description="a job not finished this long after it started is swept")
+    job_queued_grace_s: int = Field(600, gt=0, description="a job queued this long is re-sent to the broker")
+    job_max_attempts: int = Field(3, ge=1, description="attempts before a job is marked failed")
+    sweep_interval_s: int = Field(60, gt=0, description="period of the stuck-job sweeper (beat)")
+    device: str = Field("auto", description="inference/training device: auto, cpu, cuda, cuda:N")
+    inference_amp: bool = Field(True, description="bf16/fp16 autocast in inference where supported")
+    inference_overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
+    retrain_cron: str = Field("0 2 * * *", description="cron of the scheduled retraining (beat)")
+    log_level: str = Field("INFO", description="log level of every process")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        problems: list[str] = []
+        if self.env == "production":
+            if self.secret_key == DEFAULT_SECRET or len(self.secret_key) < 16:
+                problems.append("DUALSEG_SECRET_KEY must be set to a random value of 16+ characters")
+            if not self.auth_enabled:
+                problems.append("DUALSEG_AUTH_ENABLED must be true in production")
+            if self.resolved_database_url.startswith("sqlite"):
+                problems.append("DUALSEG_DATABASE_URL must point to PostgreSQL in production")
+        if not self.auth_enabled and self.host not in ("127.0.0.1", "localhost", "::1"):
+            problems.append(
+                f"refusing to listen on {self.host} with authentication off: "
+                "set DUALSEG_AUTH_ENABLED=true or DUALSEG_HOST=127.0.0.1"
+            )
+        if problems:
+            raise ValueError("unsafe settings: " + "; ".join(problems))
+        return self
+
+    # Derived locations -------------------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_path / 'dualseg.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_path / "broker"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return (self.storage_dir or self.data_path / "artifacts").resolve()
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return (self.model_dir or self.data_path / "models").resolve()
+
+    @property
+    def upload_tmp_dir(self) -> Path:
+        return self.resolved_storage_dir / ".incoming"
+
+    def ensure_dirs(self) -> None:
+        """Create every local folder the embedded mode writes to."""
+        for p in (self.data_path, self.resolved_storage_dir, self.resolved_model_dir, self.upload_tmp_dir):
+            p.mkdir(parents=True, exist_ok=True)
+        if self.resolved_broker_url.startswith("filesystem"):
+            for sub in ("in", "processed"):
+                (self.broker_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read from the environment once)."""
+    return Settings()

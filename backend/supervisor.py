@@ -1,0 +1,114 @@
+"""Runs the embedded deployment (API + one worker with beat) as child processes of `dualseg serve`.
+
+Ctrl-C / SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period); a child that dies on
+its own is reported and the whole group exits non-zero. Children get PR_SET_PDEATHSIG so that even a
+SIGKILL of the supervisor leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: best effort
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], grace_s: float = 30.0, echo: Callable[[str], None] = print):
+        self.children = children
+        self.grace_s = grace_s
+        self.echo = echo
+        self._stop_signal: int | None = None
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stop_signal = signum
+
+    def start(self) -> None:
+        for child in self.children:
+            # A new session: the terminal's Ctrl-C reaches only the supervisor, which stops the
+            # children in order instead of every process reacting at once.
+            child.proc = subprocess.Popen(child.argv, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def stop(self) -> None:
+        running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
+        for c in running:
+            assert c.proc is not None
+            c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        for c in running:
+            assert c.proc is not None
+            try:
+                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.echo(f"{c.name} did not stop within {self.grace_s:.0f} s; killing it")
+                c.proc.kill()
+                c.proc.wait()
+
+    def wait_http(self, url: str, timeout_s: float) -> bool:
+        """Poll ``url`` until it answers 200 or a child dies; True when it answered."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._stop_signal is None:
+            if self.dead_child() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback URL
+                    if resp.status == 200:
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def dead_child(self) -> Child | None:
+        for c in self.children:
+            if c.proc is not None and c.proc.poll() is not None:
+                return c
+        return None
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        """Start, call ``on_ready`` (in the supervisor), then block until a signal or a child's death."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            if on_ready is not None:
+                on_ready()
+            while self._stop_signal is None:
+                dead = self.dead_child()
+                if dead is not None:
+                    assert dead.proc is not None
+                    self.echo(f"{dead.name} exited with status {dead.proc.returncode}; stopping dualseg")
+                    self.stop()
+                    return 1
+                time.sleep(0.3)
+            self.echo("stopping dualseg ...")
+            self.stop()
+            return 0
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def python_child(name: str, *args: str) -> Child:
+    """A child running ``python -m backend.cli <args>`` with this interpreter."""
+    return Child(name, [sys.executable, "-m", "backend.cli", *args])

@@ -1,0 +1,52 @@
+"""Celery worker app: queues, routing, beat schedule and task registration.
+
+There is no module-level app: ``create_worker_app(settings)`` builds one per process (the `dualseg
+worker` and `dualseg beat` commands call it). Inference runs on queue ``inference`` (one worker process
+per GPU, prefetch 1, acks late); retraining on queue ``training``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.schedules import crontab
+
+from backend.broker import RETRAIN_TASK, SEGMENT_TASK, SWEEP_TASK, make_celery
+from backend.config import Settings, get_settings
+
+log = logging.getLogger("dualseg.worker")
+
+
+def _cron(expr: str) -> crontab:
+    parts = expr.split()
+    if len(parts) != 5:
+        raise ValueError(f"DUALSEG_RETRAIN_CRON must have 5 fields, got {expr!r}")
+    minute, hour, dom, month, dow = parts
+    return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow)
+
+
+def create_worker_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = make_celery(settings, name="dualseg-worker")
+    schedule: dict[str, Any] = {
+        "sweep-stuck-jobs": {"task": SWEEP_TASK, "schedule": float(settings.sweep_interval_s)},
+    }
+    app.conf.beat_schedule = schedule
+    app.conf.beat_schedule_cron = _cron(settings.retrain_cron)  # validated here, used by retraining
+
+    def enqueue(task: str, job_id: str, queue: str) -> None:
+        app.send_task(task, args=[job_id], queue=queue)
+
+    from worker.tasks.maintenance import sweep_once
+
+    @app.task(name=SWEEP_TASK, ignore_result=True)
+    def sweep() -> int:
+        return sweep_once(settings, enqueue)
+
+    from worker.tasks.segment import register_segment_task
+
+    register_segment_task(app, settings, enqueue)
+    _ = (SEGMENT_TASK, RETRAIN_TASK)
+    return app
