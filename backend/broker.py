@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Connection, Queue
+from kombu import Connection, Exchange, Queue
 
 from backend.config import Settings
 
@@ -47,7 +47,7 @@ def make_celery(settings: Settings, name: str = "dualseg") -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue_inference,
-        task_queues=[Queue(settings.queue_inference), Queue(settings.queue_training)],
+        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in (settings.queue_inference, settings.queue_training)],
         task_routes={
             SEGMENT_TASK: {"queue": settings.queue_inference},
             SWEEP_TASK: {"queue": settings.queue_inference},

@@ -145,4 +145,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run through the importable module so that command modules register on the same `app`.
+    from backend.cli import main as _main
+
+    _main()

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1, description="attempts before a job is marked failed")
     sweep_interval_s: int = Field(60, gt=0, description="period of the stuck-job sweeper (beat)")
     device: str = Field("auto", description="inference/training device: auto, cpu, cuda, cuda:N")
-    inference_amp: bool = Field(True, description="bf16/fp16 autocast in inference where supported")
+    inference_amp: bool = Field(False, description="bf16/fp16 autocast in inference where supported")
     inference_overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
     retrain_cron: str = Field("0 2 * * *", description="cron of the scheduled retraining (beat)")
     log_level: str = Field("INFO", description="log level of every process")

@@ -44,7 +44,8 @@ class ArtifactStore:
         """Yield a temporary path to write; on success it atomically becomes ``key``."""
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
+        # Keep the final suffixes: writers such as nibabel choose the format from the name.
+        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix="".join(final.suffixes), dir=final.parent)
         os.close(fd)
         tmp = Path(tmp_name)
         try:

@@ -109,6 +109,6 @@ class Supervisor:
                 signal.signal(s, h)
 
 
-def python_child(name: str, *args: str) -> Child:
-    """A child running ``python -m backend.cli <args>`` with this interpreter."""
-    return Child(name, [sys.executable, "-m", "backend.cli", *args])
+def python_child(command: str, *args: str) -> Child:
+    """A child named ``command`` running ``python -m backend.cli <command> <args>``."""
+    return Child(command, [sys.executable, "-m", "backend.cli", command, *args])

@@ -2,4 +2,6 @@
 
 from fastapi import APIRouter
 
-ROUTERS: list[APIRouter] = []
+from backend.api.routes import artifacts, cases, jobs
+
+ROUTERS: list[APIRouter] = [cases.router, jobs.router, artifacts.router]

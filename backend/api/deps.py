@@ -1,0 +1,70 @@
+"""Annotated dependencies shared by the routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from backend.broker import make_celery
+from backend.config import Settings
+from backend.db import session_factory
+from backend.storage import ArtifactStore
+
+log = logging.getLogger("dualseg.api")
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    settings: Settings = request.app.state.settings
+    session = session_factory(settings.resolved_database_url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_store(request: Request) -> ArtifactStore:
+    store = getattr(request.app.state, "store", None)
+    if store is None:
+        store = ArtifactStore(request.app.state.settings.resolved_storage_dir)
+        request.app.state.store = store
+    return store
+
+
+def get_celery(request: Request) -> Celery:
+    client = getattr(request.app.state, "celery", None)
+    if client is None:
+        client = make_celery(request.app.state.settings, name="dualseg-api")
+        request.app.state.celery = client
+    return client
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def send_job(celery: Celery, task: str, job_id: str, queue: str) -> bool:
+    """Send after commit. A broker outage is not fatal: the row stays queued and the sweeper re-sends."""
+    try:
+        celery.send_task(task, args=[job_id], queue=queue, retry=True,
+                         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+        return True
+    except Exception as exc:  # noqa: BLE001 - any broker failure
+        log.warning("could not send job %s to the broker (%s); the sweeper will re-send it",
+                    job_id, type(exc).__name__)
+        return False

@@ -1,0 +1,111 @@
+"""Cases: upload (→ queued segmentation), worklist, detail, delete, re-run with another model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi.responses import JSONResponse
+
+from backend.api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, send_job
+from backend.api.presenters import case_public, case_urls, job_public
+from backend.broker import SEGMENT_TASK
+from backend.errors import BadInput, TooLarge
+from backend.schemas.cases import CaseCreated, CaseList, CasePublic, JobPublic, SegmentRequest
+from backend.services import cases as case_service
+from backend.services import jobs, registry
+from backend.services.uploads import discard, stage_files
+
+router = APIRouter(prefix="/cases", tags=["cases"])
+
+
+def _resolve_model(session: SessionDep, version: str | None) -> str | None:
+    if version:
+        return registry.get_version(session, version).version
+    active = registry.active_version(session)
+    return active.version if active else None
+
+
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED, response_model=CaseCreated,
+    summary="Upload a volume (NIfTI, DICOM files, or a zip of a series/study) and queue its segmentation",
+    responses={413: {"description": "upload too large"}, 422: {"description": "invalid or unsupported input"}},
+)
+def create_case(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    celery: CeleryDep,
+    files: Annotated[list[UploadFile], File(description="one .nii/.nii.gz, the DICOM files of a series, "
+                                                        "or a .zip of a series or study")],
+    series_uid: Annotated[str | None, Form(description="which series of a multi-series upload")] = None,
+    segment: Annotated[bool, Form(description="false: only store the case")] = True,
+    model_version: Annotated[str | None, Form(description="default: the active model")] = None,
+) -> JSONResponse:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 1024 * 1024:
+        raise TooLarge(f"the request is {length} bytes; the limit is {settings.max_upload_bytes}")
+    version = _resolve_model(session, model_version) if segment else None
+    if segment and version is None:
+        raise BadInput("no model is active: import and promote one first (dualseg models import), "
+                       "or upload with segment=false")
+    folder = store.tmp_dir()
+    try:
+        staged = stage_files([(f.filename, f.file) for f in files], folder, settings.max_upload_bytes,
+                             settings.max_upload_files)
+        new = case_service.create_case(session, settings, store, staged, series_uid=series_uid)
+        job = None
+        if segment:
+            job = jobs.create_job(session, new.case, settings.queue_inference, settings.job_max_attempts,
+                                  model_version=version)
+            jobs.mark_enqueued(session, job.id)
+        session.commit()
+    finally:
+        discard(folder)
+    if job is not None:
+        send_job(celery, SEGMENT_TASK, job.id, job.queue)
+    body = CaseCreated(case_id=new.case.id, job_id=job.id if job else None,
+                       urls={**case_urls(new.case.id), **({"job": f"/api/v1/jobs/{job.id}"} if job else {})})
+    return JSONResponse(body.model_dump(), status_code=202,
+                        headers={"Location": f"/api/v1/cases/{new.case.id}"})
+
+
+@router.get("", response_model=CaseList, summary="The worklist: cases with their latest job")
+def list_cases(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    sort: Annotated[Literal["created", "uncertainty"], Query(description="uncertainty = most uncertain first")] = "created",
+    state: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
+    modality: Annotated[str | None, Query(max_length=16)] = None,
+    study_uid: Annotated[str | None, Query(max_length=64)] = None,
+) -> CaseList:
+    rows, total = case_service.list_cases(session, limit=limit, offset=offset, sort=sort, state=state,
+                                          modality=modality, study_uid=study_uid)
+    return CaseList(items=[case_public(session, c, j) for c, j in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{case_id}", response_model=CasePublic, summary="One case with its latest job and artifacts")
+def get_case(case_id: str, session: SessionDep) -> CasePublic:
+    return case_public(session, case_service.get_case(session, case_id), with_artifacts=True)
+
+
+@router.delete("/{case_id}", status_code=204, summary="Delete a case, its jobs and every file")
+def delete_case(case_id: str, session: SessionDep, store: StoreDep) -> None:
+    case_service.delete_case(session, store, case_id)
+
+
+@router.post("/{case_id}/segmentations", status_code=202, response_model=JobPublic,
+             summary="Segment the case again (e.g. with another model version)")
+def resegment(case_id: str, session: SessionDep, settings: SettingsDep, celery: CeleryDep,
+              body: SegmentRequest | None = None) -> JSONResponse:
+    case = case_service.get_case(session, case_id)
+    version = _resolve_model(session, body.model_version if body else None)
+    if version is None:
+        raise BadInput("no model is active: import and promote one first (dualseg models import)")
+    job = jobs.create_job(session, case, settings.queue_inference, settings.job_max_attempts, model_version=version)
+    jobs.mark_enqueued(session, job.id)
+    session.commit()
+    send_job(celery, SEGMENT_TASK, job.id, job.queue)
+    return JSONResponse(job_public(session, job).model_dump(mode="json"), status_code=202)

@@ -1,0 +1,193 @@
+"""NIfTI-1/2 reading (validated) and writing (mask uint8, entropy float32)."""
+
+from __future__ import annotations
+
+import zlib
+from os import PathLike
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+
+from backend.imaging.errors import ImagingError, InvalidImage, UnsupportedInput, VolumeTooLarge
+from backend.imaging.geometry import check_affine
+from backend.imaging.volume import ImageVolume
+
+#: Default cap on the number of voxels of an input volume (512 × 512 × 1024).
+DEFAULT_MAX_VOXELS = 512 * 512 * 1024
+#: Largest accepted size of one axis.
+DEFAULT_MAX_DIM = 2048
+
+#: NIfTI xform codes accepted by :func:`write_nifti`.
+XFORM_SCANNER = 1
+XFORM_ALIGNED = 2
+
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, MemoryError)
+
+
+def _load(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    name = path.name
+    if not path.is_file():
+        raise ImagingError(f"NIfTI file {name} does not exist")
+    try:
+        img = nib.load(str(path))
+    except _READ_ERRORS as exc:
+        raise InvalidImage(
+            f"{name} is not a readable NIfTI file (.nii or .nii.gz): {exc}. Re-export the volume as NIfTI."
+        ) from exc
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise UnsupportedInput(f"{name} is a {type(img).__name__}, not a NIfTI image; upload .nii or .nii.gz")
+    return img
+
+
+def _check_shape(shape: tuple[int, ...], name: str, max_voxels: int, max_dim: int) -> tuple[int, int, int]:
+    if len(shape) < 3:
+        raise UnsupportedInput(f"{name} is a {len(shape)}D image of shape {shape}; dualseg needs a 3D volume")
+    extra = shape[3:]
+    if any(d != 1 for d in extra):
+        raise UnsupportedInput(
+            f"{name} is a {len(shape)}D image of shape {shape} (several volumes, e.g. time points or"
+            " channels); upload a single 3D volume"
+        )
+    spatial = (int(shape[0]), int(shape[1]), int(shape[2]))
+    for axis, size in enumerate(spatial):
+        if not 1 <= size <= max_dim:
+            raise VolumeTooLarge(
+                f"{name}: axis {axis} has {size} voxels; each axis must have 1..{max_dim} voxels"
+            )
+    total = spatial[0] * spatial[1] * spatial[2]
+    if total > max_voxels:
+        raise VolumeTooLarge(
+            f"{name}: {spatial[0]}x{spatial[1]}x{spatial[2]} = {total} voxels exceeds the limit of"
+            f" {max_voxels}; crop or downsample the volume"
+        )
+    return spatial
+
+
+def _check_dtype(dtype: np.dtype[np.generic], name: str) -> None:
+    if dtype.fields is not None or dtype.names is not None:
+        raise UnsupportedInput(f"{name} holds colour (RGB/RGBA) voxels; upload a single-channel volume")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise UnsupportedInput(f"{name} holds complex voxels; upload magnitude images")
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_):
+        raise UnsupportedInput(f"{name} has unsupported voxel type {dtype}")
+
+
+def read_nifti(
+    path: str | PathLike[str],
+    *,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    max_dim: int = DEFAULT_MAX_DIM,
+) -> ImageVolume:
+    """Read and validate a ``.nii`` / ``.nii.gz`` file into a float32 :class:`ImageVolume`.
+
+    Checks: NIfTI format, 3D (trailing singleton dimensions are squeezed), every axis ``1..max_dim``,
+    at most ``max_voxels`` voxels (checked from the header before the data are read), real scalar voxel
+    type, positive finite spacing, invertible affine, every value finite. ``scl_slope``/``scl_inter`` are
+    applied. The affine is nibabel's choice (sform if its code is set, else qform).
+    Raises :class:`ImagingError` subclasses with a message for the uploader.
+    """
+    p = Path(path)
+    name = p.name
+    img = _load(p)
+    header = img.header
+    shape = tuple(int(d) for d in header.get_data_shape())
+    spatial = _check_shape(shape, name, max_voxels, max_dim)
+    _check_dtype(header.get_data_dtype(), name)
+
+    zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        raise InvalidImage(
+            f"{name} has voxel spacing {[float(z) for z in zooms]} (pixdim); spacing must be positive"
+        )
+    try:
+        affine = check_affine(img.affine)
+    except ImagingError as exc:
+        raise InvalidImage(f"{name} has an unusable orientation (sform/qform): {exc}") from exc
+
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = img.get_fdata(dtype=np.float32, caching="unchanged")
+    except _READ_ERRORS as exc:
+        raise InvalidImage(
+            f"{name}: the voxel data could not be read (file truncated or corrupt: {exc}); upload it again"
+        ) from exc
+    data = data.reshape(spatial)
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        raise InvalidImage(
+            f"{name} contains {bad} NaN or infinite voxel value(s) (or values beyond the float32 range);"
+            " fix or mask them first"
+        )
+    return ImageVolume(array=np.ascontiguousarray(data, dtype=np.float32), affine=affine, source="nifti")
+
+
+def write_nifti(
+    path: str | PathLike[str],
+    array: npt.ArrayLike,
+    affine: npt.ArrayLike,
+    *,
+    dtype: npt.DTypeLike,
+    xform_code: int = XFORM_SCANNER,
+    intent: str | None = None,
+) -> None:
+    """Write a 3D array as NIfTI-1 with exactly ``affine`` (sform and, when representable, qform).
+
+    ``xform_code`` is 1 (scanner anatomical) or 2 (aligned anatomical) for both forms. A sheared affine
+    cannot be a qform: then the qform code is 0 and readers use the sform. Units are mm. The file type
+    follows the suffix (``.nii`` or ``.nii.gz``). Atomic replacement is the caller's job.
+    """
+    if xform_code not in (XFORM_SCANNER, XFORM_ALIGNED):
+        raise ValueError(f"xform_code must be 1 (scanner) or 2 (aligned), got {xform_code}")
+    out_dtype = np.dtype(dtype)
+    arr = np.asarray(array)
+    if arr.ndim != 3:
+        raise ImagingError(f"NIfTI output must be 3D, got shape {arr.shape}")
+    aff = check_affine(affine)
+    data = np.ascontiguousarray(arr.astype(out_dtype, copy=False))
+    img = nib.Nifti1Image(data, aff)
+    header = img.header
+    header.set_data_dtype(out_dtype)
+    img.set_sform(aff, code=xform_code)
+    img.set_qform(aff, code=xform_code)
+    if not np.allclose(img.get_qform(), aff, atol=1e-4):
+        img.set_qform(aff, code=0)
+    header.set_xyzt_units(xyz="mm")
+    header["scl_slope"] = 1.0
+    header["scl_inter"] = 0.0
+    if intent is not None:
+        header.set_intent(intent)
+    if data.size:
+        header["cal_min"] = float(data.min())
+        header["cal_max"] = float(data.max())
+    nib.save(img, str(path))
+
+
+def write_mask_nifti(
+    path: str | PathLike[str], mask: npt.ArrayLike, affine: npt.ArrayLike, *, xform_code: int = XFORM_SCANNER
+) -> None:
+    """Write a label mask as uint8 NIfTI (intent ``label``). Values must be integers in 0..255."""
+    arr = np.asarray(mask)
+    if arr.size and (np.issubdtype(arr.dtype, np.floating) and not np.all(np.mod(arr, 1) == 0)):
+        raise ImagingError("mask values must be integers")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ImagingError(f"mask values must be in 0..255, got {arr.min()}..{arr.max()}")
+    write_nifti(path, arr, affine, dtype=np.uint8, xform_code=xform_code, intent="label")
+
+
+def write_entropy_nifti(
+    path: str | PathLike[str],
+    entropy: npt.ArrayLike,
+    affine: npt.ArrayLike,
+    *,
+    xform_code: int = XFORM_SCANNER,
+) -> None:
+    """Write an entropy map as float32 NIfTI. Values must be finite."""
+    arr = np.asarray(entropy, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ImagingError("entropy map contains NaN or infinite values")
+    write_nifti(path, arr, affine, dtype=np.float32, xform_code=xform_code)

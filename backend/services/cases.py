@@ -1,0 +1,136 @@
+"""Cases: create from a staged upload (validated completely first), list as a worklist, read, delete."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.config import Settings
+from backend.errors import BadInput, NotFound
+from backend.imaging.errors import ImagingError, MultipleSeriesError
+from backend.imaging.nifti import read_nifti, write_nifti
+from backend.imaging.volume import ImageVolume
+from backend.services.uploads import StagedUpload
+from backend.storage import ArtifactStore
+from backend.tables import Case, Job, new_id
+
+log = logging.getLogger("dualseg.cases")
+
+IMAGE_NAME = "image.nii.gz"
+SortKey = Literal["created", "uncertainty"]
+
+
+def case_prefix(case_id: str) -> str:
+    return f"cases/{case_id}"
+
+
+def read_staged_volume(staged: StagedUpload, settings: Settings, series_uid: str | None) -> ImageVolume:
+    """Read and validate the staged files; ImagingError becomes a 4xx with the reader's message."""
+    try:
+        if staged.kind == "nifti":
+            return read_nifti(staged.files[0], max_voxels=settings.max_voxels)
+        from backend.imaging.dicom_series import read_dicom_series
+
+        return read_dicom_series([str(p) for p in staged.files], series_uid=series_uid,
+                                 max_voxels=settings.max_voxels)
+    except MultipleSeriesError as exc:
+        raise BadInput(str(exc), details={"series": [dataclasses.asdict(x) for x in exc.series]}) from exc
+    except ImagingError as exc:
+        raise BadInput(str(exc)) from exc
+
+
+@dataclass
+class NewCase:
+    case: Case
+    volume: ImageVolume
+
+
+def create_case(
+    session: Session, settings: Settings, store: ArtifactStore, staged: StagedUpload,
+    series_uid: str | None = None, created_by: str | None = None,
+) -> NewCase:
+    """Validate, then store the canonical NIfTI copy and the source files, then add the row (not
+    committed). On any error the case folder is removed, so no half case is left behind."""
+    volume = read_staged_volume(staged, settings, series_uid)
+    case_id = new_id()
+    prefix = case_prefix(case_id)
+    try:
+        store.write_with(f"{prefix}/{IMAGE_NAME}",
+                         lambda tmp: write_nifti(tmp, volume.array, volume.affine, dtype=np.float32))
+        source_key = f"{prefix}/source"
+        source_dir = store.path(source_key)
+        source_dir.mkdir(parents=True, exist_ok=True)
+        keep = staged.files
+        if volume.dicom is not None and volume.dicom.paths:
+            keep = [Path(p) for p in volume.dicom.paths]
+        for n, f in enumerate(keep):
+            shutil.move(str(f), source_dir / f"{n:06d}_{f.name.split('_', 1)[-1]}")
+        info = volume.dicom
+        case = Case(
+            id=case_id, source_format=staged.kind, original_name=staged.original_name, sha256=staged.sha256,
+            size_bytes=staged.total_bytes, num_files=len(keep), image_key=f"{prefix}/{IMAGE_NAME}",
+            source_key=source_key, shape=list(volume.shape), spacing=[float(s) for s in volume.spacing],
+            affine=np.asarray(volume.affine, dtype=float).tolist(),
+            modality=info.modality if info else None, study_uid=info.study_uid if info else None,
+            series_uid=info.series_uid if info else None,
+            frame_of_reference_uid=info.frame_of_reference_uid if info else None,
+            series_description=(info.series_description or None) if info else None,
+            meta={"sop_class_uid": info.sop_class_uid} if info else {}, created_by=created_by,
+        )
+        session.add(case)
+        session.flush()
+    except BaseException:
+        store.delete_prefix(prefix)
+        raise
+    return NewCase(case=case, volume=volume)
+
+
+def get_case(session: Session, case_id: str) -> Case:
+    case = session.get(Case, case_id)
+    if case is None:
+        raise NotFound(f"case {case_id} does not exist")
+    return case
+
+
+def list_cases(
+    session: Session, *, limit: int = 50, offset: int = 0, sort: SortKey = "created",
+    state: str | None = None, modality: str | None = None, study_uid: str | None = None,
+) -> tuple[list[tuple[Case, Job | None]], int]:
+    """The worklist: newest first, or most uncertain first (cases without a result last)."""
+    query = select(Case, Job).outerjoin(Job, Job.id == Case.latest_job_id)
+    if state:
+        query = query.where(Job.state == state)
+    if modality:
+        query = query.where(Case.modality == modality)
+    if study_uid:
+        query = query.where(Case.study_uid == study_uid)
+    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    if sort == "uncertainty":
+        query = query.order_by(Case.uncertainty_score.is_(None), Case.uncertainty_score.desc(),
+                               Case.created_at.desc())
+    else:
+        query = query.order_by(Case.created_at.desc())
+    rows = session.execute(query.limit(limit).offset(offset)).all()
+    return [(r[0], r[1]) for r in rows], total
+
+
+def delete_case(session: Session, store: ArtifactStore, case_id: str) -> None:
+    case = get_case(session, case_id)
+    session.delete(case)
+    session.flush()
+    store.delete_prefix(case_prefix(case_id))
+
+
+def load_regions(store: ArtifactStore, key: str) -> list[dict[str, Any]]:
+    with store.open(key) as f:
+        data = json.load(f)
+    return list(data["regions"] if isinstance(data, dict) else data)

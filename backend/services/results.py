@@ -1,0 +1,64 @@
+"""Write a job's outputs (torch-free): NIfTI mask / entropy / disagreement, regions JSON, and the DICOM
+SEG + entropy Parametric Map, all on the input's own grid, each published atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backend.imaging.nifti import write_nifti
+from backend.services.artifacts import artifact_key
+from backend.storage import ArtifactStore
+
+log = logging.getLogger("dualseg.results")
+
+ROI_ENTROPY = 0.05
+
+
+@dataclass
+class Outputs:
+    mask: np.ndarray
+    entropy: np.ndarray
+    disagreement: np.ndarray | None
+    regions: list[dict[str, Any]]
+    affine: np.ndarray
+
+
+def uncertainty_summary(mask: np.ndarray, entropy: np.ndarray, regions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Worklist numbers: mean entropy overall and in the region of interest (foreground ∪ entropy ≥ 0.05)."""
+    roi = (mask > 0) | (entropy >= ROI_ENTROPY)
+    score = float(entropy[roi].mean()) if roi.any() else 0.0
+    return {"mean_entropy": float(entropy.mean()), "uncertainty_score": score, "region_count": len(regions)}
+
+
+def write_volume_outputs(store: ArtifactStore, case_id: str, job_id: str, out: Outputs,
+                         model: dict[str, Any]) -> list[str]:
+    """NIfTI + JSON artifacts; returns the artifact kinds written."""
+    kinds = []
+    store.write_with(artifact_key(case_id, job_id, "mask_nifti"),
+                     lambda p: write_nifti(p, out.mask.astype(np.uint8), out.affine, dtype=np.uint8))
+    kinds.append("mask_nifti")
+    store.write_with(artifact_key(case_id, job_id, "entropy_nifti"),
+                     lambda p: write_nifti(p, out.entropy.astype(np.float32), out.affine, dtype=np.float32))
+    kinds.append("entropy_nifti")
+    if out.disagreement is not None:
+        store.write_with(artifact_key(case_id, job_id, "disagreement_nifti"),
+                         lambda p: write_nifti(p, out.disagreement.astype(np.float32), out.affine,
+                                               dtype=np.float32))
+        kinds.append("disagreement_nifti")
+    doc = {
+        "case_id": case_id,
+        "job_id": job_id,
+        "model": model,
+        "shape": list(out.mask.shape),
+        "affine": np.asarray(out.affine, dtype=float).tolist(),
+        "summary": uncertainty_summary(out.mask, out.entropy, out.regions),
+        "regions": out.regions,
+    }
+    store.put_bytes(artifact_key(case_id, job_id, "regions_json"), json.dumps(doc, indent=1).encode())
+    kinds.append("regions_json")
+    return kinds
