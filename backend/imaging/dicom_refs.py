@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -96,8 +97,17 @@ def volume_to_frames(array: npt.ArrayLike, frames: SourceFrames, what: str) -> n
     return np.ascontiguousarray(arr.transpose(2, 1, 0)[frames.frame_slices])
 
 
+#: Namespace of dualseg's name-based (version 5) UUIDs, for deterministic UIDs.
+_UID_NAMESPACE = uuid.UUID("6f1f7d0c-2b7e-5a55-9d3c-64a75c1e5e9a")
+
+
 def derived_uid(seed: str | None, *parts: str) -> str:
-    """A new UID: random when ``seed`` is None, else derived deterministically from seed and parts."""
+    """A new UID: random when ``seed`` is None, else derived deterministically from seed and parts.
+
+    Both are UUID-derived UIDs (``2.25.<128-bit integer>``, PS3.5 B.2): a random UUID, or a name-based
+    UUID (version 5) of ``seed`` and ``parts``, so a re-run job rewrites objects with the same UIDs.
+    """
     if seed is None:
-        return str(generate_uid())
-    return str(generate_uid(prefix=None, entropy_srcs=[seed, *parts]))
+        return str(generate_uid(prefix=None))
+    name = "\x1f".join([seed, *parts])
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"

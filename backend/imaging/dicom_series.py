@@ -21,7 +21,8 @@ from os import PathLike
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.uid import UID
 
 from backend.imaging.dicom_scan import (
     DicomHeader,
@@ -70,24 +71,34 @@ def _check_size(rows: int, cols: int, n: int, max_voxels: int, max_dim: int) -> 
         )
 
 
+def _decoder_available(transfer_syntax: str) -> bool:
+    try:
+        return bool(get_decoder(UID(transfer_syntax)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
 def _decode(header: DicomHeader) -> tuple[Dataset, np.ndarray]:
     """Read the full file and decode its pixel data to ``(frames, rows, cols)``."""
     try:
         ds = pydicom.dcmread(header.path)
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad upload
+    except Exception as exc:  # any parser failure is a bad upload
         raise InvalidImage(f"{header.name} cannot be read ({exc}); re-export the series") from exc
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise InvalidImage(f"{header.name} has no pixel data; upload the complete image files")
+        raise InvalidImage(
+            f"{header.name} has no pixel data (missing, or cut off because the file is truncated);"
+            " upload the complete image files"
+        )
     syntax = ds.file_meta.get("TransferSyntaxUID", "")
     syntax_name = getattr(syntax, "name", str(syntax)) or "unknown transfer syntax"
     try:
         pixels = np.asarray(ds.pixel_array)
-    except (NotImplementedError, RuntimeError) as exc:
-        raise UnsupportedInput(
-            f"{header.name}: pixel data in {syntax_name} cannot be decoded here ({exc}); send it"
-            " uncompressed or in JPEG/JPEG-LS/JPEG 2000/RLE lossless"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - truncated/corrupt pixel data
+    except Exception as exc:  # no decoder for the syntax, or truncated/corrupt pixel data
+        if not _decoder_available(str(syntax)):
+            raise UnsupportedInput(
+                f"{header.name}: pixel data in {syntax_name} cannot be decoded here ({exc}); send it"
+                " uncompressed or in JPEG/JPEG-LS/JPEG 2000/RLE lossless"
+            ) from exc
         raise InvalidImage(
             f"{header.name}: pixel data ({syntax_name}) is truncated or corrupt ({exc}); upload it again"
         ) from exc
@@ -175,9 +186,8 @@ def read_dicom_series(
     require_images(result, len(paths))
     headers = _select_series(result.series, series_uid, result.summaries())
     records = slice_records(headers)
-    rows, cols = records[0].rows, records[0].cols
-    _check_size(rows, cols, len(records), max_voxels, max_dim)
     stack = check_stack(records)
+    _check_size(records[0].rows, records[0].cols, len(records), max_voxels, max_dim)
     array = _fill_array(headers, stack.records)
     first = stack.records[0]
     affine = affine_from_dicom(first.orientation, first.position, first.pixel_spacing, stack.step)

@@ -59,10 +59,10 @@ class Stack:
 
 
 def _floats(value: object, count: int) -> FloatArray | None:
-    if value is None:
+    if value is None or isinstance(value, str | bytes):
         return None
     try:
-        arr = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[attr-defined]
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         return None
     return arr if arr.shape == (count,) and np.all(np.isfinite(arr)) else None

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 from nibabel.filebasedimages import ImageFileError
+from nibabel.openers import ImageOpener
 from nibabel.spatialimages import HeaderDataError
 
 from backend.imaging.errors import ImagingError, InvalidImage, UnsupportedInput, VolumeTooLarge
@@ -41,6 +42,16 @@ def _load(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise UnsupportedInput(f"{name} is a {type(img).__name__}, not a NIfTI image; upload .nii or .nii.gz")
     return img
+
+
+def _raw_zooms(path: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> npt.NDArray[np.float64]:
+    """Voxel sizes as stored in the file (nibabel silently replaces zero pixdims by 1 on load)."""
+    try:
+        with ImageOpener(str(path)) as fobj:
+            raw = type(img.header).from_fileobj(fobj, check=False)
+    except _READ_ERRORS as exc:
+        raise InvalidImage(f"{path.name}: the NIfTI header cannot be read ({exc})") from exc
+    return np.asarray(raw.get_zooms()[:3], dtype=np.float64)
 
 
 def _check_shape(shape: tuple[int, ...], name: str, max_voxels: int, max_dim: int) -> tuple[int, int, int]:
@@ -98,7 +109,7 @@ def read_nifti(
     spatial = _check_shape(shape, name, max_voxels, max_dim)
     _check_dtype(header.get_data_dtype(), name)
 
-    zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    zooms = _raw_zooms(p, img)
     if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
         raise InvalidImage(
             f"{name} has voxel spacing {[float(z) for z in zooms]} (pixdim); spacing must be positive"

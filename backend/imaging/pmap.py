@@ -52,7 +52,7 @@ def build_entropy_pmap(
     pixel_array = volume_to_frames(np.clip(arr, 0.0, 1.0), frames, "entropy map")
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=ENTROPY_LUT_LABEL,
-        lut_explanation="Normalised predictive entropy (H / log K) of dualseg model " + model_version,
+        lut_explanation=("Normalised entropy H/log K, dualseg " + model_version)[:64],  # LO: 64 chars
         unit=UNITLESS,
         value_range=(0.0, 1.0),
         slope=1.0,

@@ -13,8 +13,9 @@ array axis closest to the patient's superior axis (``k`` for an RAS-canonical vo
 one closest to anterior and ``"sagittal"`` the one closest to right.
 
 Grayscale window: the 1st–99th percentile of the whole volume unless ``window`` is given. Heatmap:
-an inferno-like colour table (no matplotlib); opacity rises from 0 at ``entropy_range[0]`` to
-``opacity`` at ``entropy_range[1]`` and above. Mask: a 1-pixel outline per class colour.
+an inferno-like colour table (no matplotlib, purple → orange-yellow part); colour and opacity rise from
+0 at ``entropy_range[0]`` to full (``opacity``) at ``entropy_range[1]`` and above. Mask: a 1-pixel
+outline per class colour (``label_colors`` or a default palette), drawn on top.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ DEFAULT_LABEL_COLORS: tuple[RGB, ...] = (
     (255, 128, 0),
 )
 MAX_PREVIEW_SIDE = 2048
+#: Part of the colour table used by the heatmap: skips the near-black start (invisible on dark images)
+#: and the pale end (weak on grey), so low entropy shows purple and high entropy orange-yellow.
+HEAT_LUT_RANGE = (64, 230)
 
 
 def resolve_axis(affine: npt.ArrayLike, axis: AxisSpec) -> int:
@@ -196,7 +200,8 @@ def render_slice_rgb(
         e_plane = _resize(display_slice(ent, aff, ax, idx)[0], size, nearest=False)
         e_lo, e_hi = entropy_range
         t = np.clip((e_plane - e_lo) / max(e_hi - e_lo, 1e-6), 0.0, 1.0)
-        colors = INFERNO[np.round(t * 255).astype(np.intp)].astype(np.float64)
+        lut_index = HEAT_LUT_RANGE[0] + t * (HEAT_LUT_RANGE[1] - HEAT_LUT_RANGE[0])
+        colors = INFERNO[np.round(lut_index).astype(np.intp)].astype(np.float64)
         alpha = (opacity * t)[..., np.newaxis]
         rgb = rgb * (1.0 - alpha) + colors * alpha
     out = np.clip(np.round(rgb), 0, 255).astype(np.uint8)

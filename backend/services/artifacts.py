@@ -71,5 +71,6 @@ def result_job(session: Session, case: Case, job_id: str | None = None) -> Job:
 def get_artifact(session: Session, job: Job, kind: str) -> Artifact:
     row = session.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.kind == kind)).first()
     if row is None:
-        raise NotFound(f"job {job.id} has no {kind} artifact")
+        reason = (job.options or {}).get("dicom_outputs_error") if kind in ("seg_dicom", "pm_dicom") else None
+        raise NotFound(f"job {job.id} has no {kind} artifact" + (f": {reason}" if reason else ""))
     return row

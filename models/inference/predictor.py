@@ -1,0 +1,284 @@
+"""Whole-volume prediction with both nets: mask, normalised entropy, disagreement, uncertain regions.
+
+Pipeline (DESIGN.md section 5): input grid -> canonical RAS (permute / flip) -> model spacing -> intensity
+normalisation -> Gaussian sliding window over both nets (mean of their softmax) -> probabilities resampled
+(trilinear) back to the canonical grid -> argmax / entropy / disagreement there -> canonical orientation
+undone. Every output therefore has exactly the input's shape and affine.
+
+Definitions (on the input grid, from the resampled probabilities):
+  - ``mask`` = argmax_c p̄_c, p̄ = (p_A + p_B) / 2 (uint8);
+  - ``entropy`` = -Σ_c p̄_c log p̄_c / log K, clipped to [0, 1] (float32);
+  - ``disagreement`` = 1.0 where argmax p_A != argmax p_B, else 0.0 (float32) — a binary map of the voxels
+    on which the two networks predict different classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.data.transforms import PreprocessRecord, from_canonical, preprocess, to_canonical_grid
+from models.inference.regions import extract_regions
+from models.inference.sliding import ImportanceMapCache, sliding_window_dual
+from models.package import ModelPackage
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float], None]
+
+_AMP_NAMES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+# progress fractions at the end of each stage
+_P_PRE, _P_INFER, _P_POST = 0.05, 0.90, 0.97
+_SLAB_VOXELS = 1 << 22  # voxels per slab in the post-processing reductions
+
+
+def _cpu_bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
+        return False
+
+
+def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``amp`` on ``device`` (None = full float32).
+
+    ``False`` / ``"fp32"`` / ``"none"`` -> None. ``True`` -> bfloat16 on CUDA when supported else
+    float16; bfloat16 on CPU when the CPU has native bf16 support, else None (logged). A dtype name
+    (``"bf16"``, ``"fp16"``) forces that dtype.
+    """
+    if amp is False or (isinstance(amp, str) and amp.lower() in ("none", "off", "fp32", "float32", "false")):
+        return None
+    if isinstance(amp, str):
+        try:
+            return _AMP_NAMES[amp.lower()]
+        except KeyError:
+            raise ValueError(f"unknown amp setting {amp!r}; use a bool, 'bf16' or 'fp16'") from None
+    if amp is not True:
+        raise ValueError(f"amp must be a bool or a dtype name, got {amp!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        if _cpu_bf16_supported():
+            return torch.bfloat16
+        logger.info("amp requested but this CPU has no native bf16: running float32")
+    return None
+
+
+def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """``probs (K, ...)`` summing to 1 over K -> ``-Σ p log p / log K`` clipped to [0, 1], shape ``(...)``."""
+    k = probs.shape[0]
+    h = -torch.special.xlogy(probs, probs).sum(dim=0)
+    return (h / math.log(k)).clamp_(0.0, 1.0)
+
+
+@dataclass
+class Prediction:
+    """Outputs on the input's own grid: arrays ``(X, Y, Z)`` of the input, ``affine`` = the input's."""
+
+    mask: np.ndarray
+    entropy: np.ndarray
+    disagreement: np.ndarray | None
+    regions: list[dict[str, Any]]
+    timings: dict[str, float]
+    affine: np.ndarray = field(repr=False)
+
+
+class Predictor:
+    """Runs a loaded :class:`~models.package.ModelPackage` on whole volumes.
+
+    Args:
+        package: the loaded package (its nets are moved to ``device`` and put in eval mode).
+        device: ``torch.device`` or a string such as ``"cpu"`` / ``"cuda:0"``.
+        overlap: sliding-window overlap fraction in [0, 1).
+        batch_size: windows per forward pass (both nets run on the same batch).
+        amp: autocast setting, see :func:`resolve_amp`.
+        disagreement: also compute the per-net disagreement map (keeps one buffer per net).
+        region_threshold, min_region_voxels, max_regions: passed to
+            :func:`~models.inference.regions.extract_regions`.
+    """
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        device: torch.device | str = "cpu",
+        overlap: float = 0.5,
+        batch_size: int = 2,
+        amp: bool | str = False,
+        disagreement: bool = True,
+        region_threshold: float = 0.5,
+        min_region_voxels: int = 10,
+        max_regions: int = 20,
+    ) -> None:
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.package = package
+        self.card = package.card
+        self.device = torch.device(device)
+        self.net_a = package.net_a.to(self.device).eval()
+        self.net_b = package.net_b.to(self.device).eval()
+        self.overlap = float(overlap)
+        self.batch_size = int(batch_size)
+        self.amp_dtype = resolve_amp(amp, self.device)
+        self.disagreement = bool(disagreement)
+        self.region_threshold = float(region_threshold)
+        self.min_region_voxels = int(min_region_voxels)
+        self.max_regions = int(max_regions)
+        self.importance_maps = ImportanceMapCache()
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return self.card.patch
+
+    def importance_map(self) -> torch.Tensor:
+        """The cached Gaussian map ``(px, py, pz)`` for the card's patch on this device."""
+        return self.importance_maps.get(self.patch_size, self.device)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def model_probabilities(
+        self, image: np.ndarray | torch.Tensor, progress: ProgressFn | None = None
+    ) -> torch.Tensor:
+        """Sliding-window softmax on the model grid.
+
+        Args:
+            image: preprocessed ``(C, X', Y', Z')``.
+
+        Returns:
+            float32 on ``self.device``: ``(2, K, X', Y', Z')`` (net A, net B) when ``disagreement`` is on,
+            else the mean ``(K, X', Y', Z')``.
+        """
+        x = torch.as_tensor(image, dtype=torch.float32).to(self.device)
+        if x.ndim != 4 or x.shape[0] != self.card.in_channels:
+            raise ValueError(f"image must be ({self.card.in_channels}, X, Y, Z), got {tuple(x.shape)}")
+        with torch.inference_mode():
+            probs = sliding_window_dual(
+                x,
+                (self.net_a, self.net_b),
+                self.patch_size,
+                overlap=self.overlap,
+                batch_size=self.batch_size,
+                importance_map=self.importance_map(),
+                amp_dtype=self.amp_dtype,
+                combine="per_net" if self.disagreement else "mean",
+                num_classes=self.card.num_classes,
+                progress=progress,
+            )
+        return probs
+
+    def _postprocess(
+        self, probs: torch.Tensor, record: PreprocessRecord
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Model-grid probabilities -> (mask uint8, entropy float32, disagreement float32 | None) on the
+        input grid."""
+        k = self.card.num_classes
+        with torch.inference_mode():
+            if probs.ndim == 5:  # (2, K, ...): resample mean and net A together; p_B = 2 * mean - p_A
+                stacked = torch.cat([probs.mean(dim=0), probs[0]], dim=0)
+                del probs
+                canon = to_canonical_grid(stacked, record, "trilinear")
+                del stacked
+            else:
+                canon = to_canonical_grid(probs, record, "trilinear")
+            shape, device = canon.shape[1:], canon.device
+            mask = torch.empty(shape, dtype=torch.uint8, device=device)
+            entropy = torch.empty(shape, dtype=torch.float32, device=device)
+            disagree = torch.empty(shape, dtype=torch.float32, device=device) if canon.shape[0] > k else None
+            # slabs along the first axis bound the temporaries (argmax indices are int64)
+            step = max(1, _SLAB_VOXELS // max(1, shape[1] * shape[2]))
+            for start in range(0, shape[0], step):
+                sl = slice(start, start + step)
+                mean = canon[:k, sl]
+                mask[sl] = mean.argmax(dim=0).to(torch.uint8)
+                entropy[sl] = normalized_entropy(mean)
+                if disagree is not None:
+                    p_a = canon[k:, sl]
+                    p_b = 2.0 * mean - p_a
+                    disagree[sl] = (p_a.argmax(dim=0) != p_b.argmax(dim=0)).to(torch.float32)
+            del canon
+        orient = record.orientation
+        mask_np = from_canonical(mask.cpu().numpy(), orient)
+        entropy_np = from_canonical(entropy.cpu().numpy(), orient)
+        disagree_np = None if disagree is None else from_canonical(disagree.cpu().numpy(), orient)
+        return mask_np, entropy_np, disagree_np
+
+    def predict(
+        self, volume: np.ndarray, affine: np.ndarray, progress: ProgressFn | None = None
+    ) -> Prediction:
+        """Segment one volume.
+
+        Args:
+            volume: ``(X, Y, Z)`` (or ``(C, X, Y, Z)`` channel-first for multi-channel models), any dtype.
+            affine: its 4x4 voxel-to-RAS affine.
+            progress: called with fractions in [0, 1], non-decreasing, last call 1.0.
+
+        Returns:
+            :class:`Prediction` with ``mask``, ``entropy``, ``disagreement`` of shape ``(X, Y, Z)``.
+        """
+        last = [0.0]
+
+        def report(fraction: float) -> None:
+            fraction = min(max(fraction, last[0]), 1.0)
+            last[0] = fraction
+            if progress is not None:
+                progress(fraction)
+
+        timings: dict[str, float] = {}
+        report(0.0)
+        t0 = time.perf_counter()
+        image, record = preprocess(volume, affine, self.card.preprocessing)
+        t1 = time.perf_counter()
+        timings["preprocess"] = t1 - t0
+        report(_P_PRE)
+
+        probs = self.model_probabilities(image, lambda f: report(_P_PRE + (_P_INFER - _P_PRE) * f))
+        del image
+        self._sync()
+        t2 = time.perf_counter()
+        timings["inference"] = t2 - t1
+
+        mask, entropy, disagreement = self._postprocess(probs, record)
+        del probs
+        t3 = time.perf_counter()
+        timings["postprocess"] = t3 - t2
+        report(_P_POST)
+
+        regions = extract_regions(
+            entropy,
+            record.input_affine,
+            threshold=self.region_threshold,
+            min_voxels=self.min_region_voxels,
+            max_regions=self.max_regions,
+            mask=mask,
+        )
+        t4 = time.perf_counter()
+        timings["regions"] = t4 - t3
+        timings["total"] = t4 - t0
+        report(1.0)
+        logger.info(
+            "predicted volume %s -> model grid %s in %.2f s", record.input_shape, record.model_shape, t4 - t0
+        )
+        return Prediction(
+            mask=mask,
+            entropy=entropy,
+            disagreement=disagreement,
+            regions=regions,
+            timings=timings,
+            affine=record.input_affine.copy(),
+        )
