@@ -128,7 +128,11 @@ def serve(
         if sup.wait_http(f"{base}/healthz", ready_timeout):
             typer.echo(f"dualseg is up at {base}  (API docs: {base}/docs, health: {base}/readyz)")
             if s.auth_enabled:
-                typer.echo("log in with a token from: dualseg tokens create --role admin")
+                from backend.cli_admin import new_token
+
+                token = new_token("admin", "dualseg serve (start-up admin token)", expires_days=7)
+                typer.echo(f"admin token (valid 7 days; more with `dualseg tokens create`): {token}")
+                typer.echo(f'  curl -H "Authorization: Bearer {token}" {base}/api/v1/cases')
             else:
                 typer.echo("authentication is off (embedded mode, loopback only); Ctrl-C stops everything")
 
@@ -138,7 +142,7 @@ def serve(
 
 def main() -> None:
     try:
-        from backend import cli_models  # noqa: F401 - registers the ML commands on `app`
+        from backend import cli_admin, cli_models  # noqa: F401 - register their commands on `app`
     except ImportError as exc:  # pragma: no cover - partial checkouts
         print(f"warning: ML commands unavailable: {exc}", file=sys.stderr)
     app()

@@ -80,3 +80,18 @@ def models_promote(version: str) -> None:
     with _session() as session:
         registry.promote(session, version)
     typer.echo(f"{version} is now active")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Re-activate the previously active version."""
+    from backend.errors import DomainError
+    from backend.services import registry
+
+    try:
+        with _session() as session:
+            active, retired = registry.rollback(session)
+            typer.echo(f"{active.version} is active again ({retired.version} retired)")
+    except DomainError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc

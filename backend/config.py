@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="cap on one upload request, bytes")
     max_upload_files: int = Field(5000, gt=0, description="cap on files in one upload (zip entries too)")
     max_voxels: int = Field(512 * 512 * 1024, gt=0, description="cap on voxels of one volume")
-    auth_enabled: bool = Field(False, description="require bearer tokens on /api routes")
+    auth_enabled: bool = Field(True, description="require bearer tokens on /api routes")
     secret_key: str = Field(DEFAULT_SECRET, description="server secret (token peppering)")
     job_time_limit_s: int = Field(1800, gt=0, description="hard time limit of one segmentation job")
     job_lease_s: int = Field(3600, gt=0, description="a job not finished this long after it started is swept")
@@ -51,6 +51,43 @@ class Settings(BaseSettings):
     inference_overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
     retrain_cron: str = Field("0 2 * * *", description="cron of the scheduled retraining (beat)")
     log_level: str = Field("INFO", description="log level of every process")
+    # PACS (docs/pacs.md) -----------------------------------------------------------------------
+    pacs_dicomweb_url: str | None = Field(
+        None, description="DICOMweb service root of the PACS (e.g. http://orthanc:8042/dicom-web); "
+        "unset = no DICOMweb PACS (pull, push and correction polling are off)")
+    pacs_qido_url: str | None = Field(None, description="QIDO-RS root if it differs from pacs_dicomweb_url")
+    pacs_wado_url: str | None = Field(None, description="WADO-RS root if it differs from pacs_dicomweb_url")
+    pacs_stow_url: str | None = Field(None, description="STOW-RS root if it differs from pacs_dicomweb_url")
+    pacs_auth: Literal["none", "basic", "bearer"] = Field(
+        "none", description="how dualseg authenticates to the DICOMweb PACS")
+    pacs_username: str | None = Field(None, description="pacs_auth=basic: user name")
+    pacs_password: str | None = Field(None, description="pacs_auth=basic: password")
+    pacs_token: str | None = Field(None, description="pacs_auth=bearer: the bearer token")
+    pacs_timeout_s: float = Field(30.0, gt=0, description="timeout of one DICOMweb request, seconds")
+    pacs_verify_tls: bool = Field(True, description="verify the PACS's TLS certificate (https roots)")
+    pacs_ca_bundle: Path | None = Field(None, description="CA bundle for the PACS's TLS certificate")
+    pacs_push: Literal["never", "after-segmentation", "after-correction"] = Field(
+        "after-segmentation", description="when results go back to the PACS (STOW-RS for pulled series, "
+        "C-STORE to scp_forward_* for series received by the SCP): after every segmentation, only once a "
+        "correction exists (SEG marked SEMIAUTOMATIC/MANUAL), or never (manual push only)")
+    pacs_poll_interval_s: int = Field(
+        0, ge=0, description="period of the QIDO-RS poll for corrected SEGs in the PACS (beat); 0 = off")
+    pacs_poll_lookback_days: int = Field(
+        14, gt=0, description="the poll looks at the studies of DICOM cases created this many days back")
+    pacs_pull_grace_s: int = Field(
+        600, gt=0, description="a PACS pull queued or running this long without finishing is re-sent")
+    scp_ae_title: str = Field("DUALSEG", min_length=1, max_length=16, description="AE title of `dualseg scp`")
+    scp_host: str = Field("127.0.0.1", description="address `dualseg scp` listens on")
+    scp_port: int = Field(11112, ge=1, le=65535, description="port `dualseg scp` listens on")
+    scp_allowed_calling_aes: str = Field(
+        "", description="comma-separated calling AE titles allowed to C-STORE/C-ECHO; empty = any")
+    scp_stable_s: float = Field(
+        10.0, gt=0, description="a received series is segmented once no instance arrived for this long")
+    scp_spool_dir: Path | None = Field(None, description="where received instances wait; default data_dir/scp")
+    scp_forward_ae: str | None = Field(None, description="AE title that receives the results (SEG + PM) "
+                                       "of series received by the SCP; unset = no forward")
+    scp_forward_host: str | None = Field(None, description="host of scp_forward_ae")
+    scp_forward_port: int | None = Field(None, ge=1, le=65535, description="port of scp_forward_ae")
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

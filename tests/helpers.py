@@ -154,11 +154,24 @@ class LiveStack:
             self.env["DUALSEG_BROKER_URL"] = broker_url
         self.env.update(extra_env or {})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.tokens: dict[str, str] = {}
         self.logs = data_dir / "logs"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "backend.cli", *args], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, check=check, timeout=300)
+
+    def token(self, role: str = "admin") -> str:
+        """A bearer token of ``role`` created through the real CLI (cached per role)."""
+        if role not in self.tokens:
+            self.tokens[role] = self.cli("tokens", "create", "--role", role, "--name", f"tests-{role}").stdout.strip()
+        return self.tokens[role]
+
+    def client(self, role: str = "admin", timeout: float = 60) -> Any:
+        import httpx
+
+        return httpx.Client(base_url=self.base, timeout=timeout,
+                            headers={"Authorization": f"Bearer {self.token(role)}"})
 
     def start(self, *names: str) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)

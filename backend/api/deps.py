@@ -8,12 +8,16 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from backend.broker import make_celery
 from backend.config import Settings
 from backend.db import session_factory
+from backend.errors import Unauthorized
+from backend.security import ANONYMOUS_ADMIN, Principal, authenticate, require
 from backend.storage import ArtifactStore
+from backend.tables import Role
 
 log = logging.getLogger("dualseg.api")
 
@@ -52,10 +56,43 @@ def get_celery(request: Request) -> Celery:
     return client
 
 
+_bearer = HTTPBearer(auto_error=False, description="a token from `dualseg tokens create`")
+
+
+def get_principal(
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    settings: Settings = request.app.state.settings
+    if not settings.auth_enabled:
+        principal = ANONYMOUS_ADMIN
+    else:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise Unauthorized("send 'Authorization: Bearer <token>' (create one with: dualseg tokens create)")
+        principal = authenticate(session, settings.secret_key, credentials.credentials)
+    request.state.principal = principal
+    return principal
+
+
+def require_role(role: str | Role):  # type: ignore[no-untyped-def]
+    """Dependency factory: ``dependencies=[Depends(require_role("annotator"))]``."""
+    needed = Role(role)
+
+    def dependency(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        return require(principal, needed)
+
+    dependency.__name__ = f"require_{needed.value}"
+    return dependency
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+ViewerDep = Annotated[Principal, Depends(require_role(Role.viewer))]
+AnnotatorDep = Annotated[Principal, Depends(require_role(Role.annotator))]
+AdminDep = Annotated[Principal, Depends(require_role(Role.admin))]
 
 
 def send_job(celery: Celery, task: str, job_id: str, queue: str) -> bool:

@@ -150,3 +150,22 @@ def promote(session: Session, version: str) -> ModelVersion:
 def _safe_dirname(version: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in version)
     return cleaned.strip(".") or hashlib.sha256(version.encode()).hexdigest()[:16]
+
+
+def rollback(session: Session) -> tuple[ModelVersion, ModelVersion]:
+    """Re-activate the version that was active before the current one; returns (new active, retired)."""
+    current = active_version(session)
+    if current is None:
+        raise Conflict("no model is active, so there is nothing to roll back")
+    previous = session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.state == ModelState.retired, ModelVersion.promoted_at.is_not(None),
+               ModelVersion.id != current.id)
+        .order_by(ModelVersion.promoted_at.desc())
+    ).first()
+    if previous is None:
+        raise Conflict(f"{current.version} is the only version that was ever active; nothing to roll back to")
+    current.state = ModelState.retired
+    previous.state = ModelState.active
+    # promoted_at of `previous` is kept: the history of promotions stays readable
+    return previous, current

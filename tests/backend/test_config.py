@@ -13,7 +13,7 @@ def test_embedded_defaults_need_no_server(tmp_path: Path) -> None:
     assert s.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'dualseg.db'}"
     assert s.resolved_broker_url == "filesystem://"
     assert s.resolved_storage_dir == tmp_path.resolve() / "artifacts"
-    assert s.port == 8000 and s.host == "127.0.0.1"
+    assert s.port == 8000 and s.host == "127.0.0.1" and s.auth_enabled
     s.ensure_dirs()
     assert (tmp_path / "broker" / "in").is_dir() and (tmp_path / "models").is_dir()
 
@@ -30,9 +30,10 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     ("kwargs", "fragment"),
     [
         ({"env": "production", "auth_enabled": True, "database_url": "postgresql+psycopg://x/y"}, "SECRET_KEY"),
-        ({"env": "production", "secret_key": "s" * 32, "database_url": "postgresql+psycopg://x/y"}, "AUTH_ENABLED"),
+        ({"env": "production", "secret_key": "s" * 32, "auth_enabled": False,
+          "database_url": "postgresql+psycopg://x/y"}, "AUTH_ENABLED"),
         ({"env": "production", "secret_key": "s" * 32, "auth_enabled": True}, "PostgreSQL"),
-        ({"host": "0.0.0.0"}, "authentication off"),
+        ({"host": "0.0.0.0", "auth_enabled": False}, "authentication off"),
     ],
 )
 def test_unsafe_values_refused(kwargs: dict[str, object], fragment: str) -> None:

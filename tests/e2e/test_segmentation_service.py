@@ -70,7 +70,7 @@ def volume() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def client(stack: LiveStack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.base, timeout=60) as c:
+    with stack.client("admin") as c:
         yield c
 
 
@@ -267,3 +267,51 @@ def test_worklist_jobs_and_resegment(stack: LiveStack, client: httpx.Client, vol
     assert client.delete(f"/api/v1/cases/{b['case_id']}").status_code == 204
     assert client.get(f"/api/v1/cases/{b['case_id']}").status_code == 404
     assert json.loads(client.get("/openapi.json").text)["paths"]["/api/v1/cases"]["post"]
+
+
+def test_corrections_nifti_and_seg_round_trip(stack: LiveStack, client: httpx.Client, volume: Any,
+                                              tmp_path: Path) -> None:
+    image, affine = volume
+    files = write_dicom_series(tmp_path / "dcm", image, affine, modality="MR")
+    body = _segment(stack, client, [("series.zip", _zip(files))])
+    cid = body["case_id"]
+    mask = np.asarray(_nifti_from(client.get(f"/api/v1/cases/{cid}/mask"), tmp_path, "m.nii.gz").dataobj)
+    entropy = np.asarray(_nifti_from(client.get(f"/api/v1/cases/{cid}/uncertainty"), tmp_path, "e.nii.gz").dataobj)
+    corrected = mask.copy()
+    corrected[10:14, 10:14, 5:8] = 1 - corrected[10:14, 10:14, 5:8]  # flip a 4x4x3 block
+    path = write_nifti(tmp_path / "corr.nii.gz", corrected.astype(np.uint8), affine)
+    r = client.put(f"/api/v1/cases/{cid}/correction", files={"file": ("corr.nii.gz", path.read_bytes())})
+    assert r.status_code == 201, r.text
+    stats = r.json()["stats"]
+    changed = mask != corrected
+    assert stats["voxels_changed"] == 48 == int(changed.sum())
+    assert stats["voxels_added"] == int(((corrected > 0) & (mask == 0)).sum())
+    assert stats["voxels_removed"] == int(((mask > 0) & (corrected == 0)).sum())
+    inter = int(((mask > 0) & (corrected > 0)).sum())
+    assert stats["dice"] == pytest.approx(2 * inter / (int((mask > 0).sum()) + int((corrected > 0).sum())))
+    assert stats["changed_in_flagged_share"] == pytest.approx(float((entropy[changed] >= 0.5).mean()))
+    assert r.json()["model_version"] == "tiny-e2e-1" and r.json()["author"] == "tests-admin"
+
+    # our own SEG sent back as a correction reproduces the mask exactly
+    seg = client.get(f"/api/v1/cases/{cid}/mask", params={"format": "dicom-seg"}).content
+    r = client.put(f"/api/v1/cases/{cid}/correction", files={"file": ("seg.dcm", seg)})
+    assert r.status_code == 201, r.text
+    assert r.json()["stats"]["voxels_changed"] == 0 and r.json()["source_format"] == "dicom-seg"
+    history = client.get(f"/api/v1/cases/{cid}/corrections").json()
+    assert [h["source_format"] for h in history] == ["dicom-seg", "nifti"]
+
+    wrong_grid = write_nifti(tmp_path / "wg.nii.gz", corrected[:-1].astype(np.uint8), affine)
+    r = client.put(f"/api/v1/cases/{cid}/correction", files={"file": ("wg.nii.gz", wrong_grid.read_bytes())})
+    assert r.status_code == 422 and "grid" in r.json()["error"]["message"]
+    out_of_range = write_nifti(tmp_path / "oor.nii.gz", (corrected * 7).astype(np.uint8), affine)
+    r = client.put(f"/api/v1/cases/{cid}/correction", files={"file": ("o.nii.gz", out_of_range.read_bytes())})
+    assert r.status_code == 422 and "0..1" in r.json()["error"]["message"]
+    assert len(client.get(f"/api/v1/cases/{cid}/corrections").json()) == 2
+
+    stats = client.get("/api/v1/models/tiny-e2e-1/stats").json()
+    assert stats["corrections"] >= 2 and stats["dice"]["n"] >= 2
+    models = client.get("/api/v1/models").json()
+    assert [m["state"] for m in models if m["version"] == "tiny-e2e-1"] == ["active"]
+    viewer = stack.client("viewer")
+    assert viewer.put(f"/api/v1/cases/{cid}/correction",
+                      files={"file": ("c.nii.gz", path.read_bytes())}).status_code == 403

@@ -58,6 +58,7 @@ def test_serve_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     try:
         seconds = _wait_ready(proc, base)
         assert httpx.get(base + "/healthz").json() == {"status": "ok"}
+        assert httpx.get(base + "/api/v1/cases").status_code == 401
         kids = _children(proc.pid)
         assert len(kids) == 2, kids  # api + worker
         time.sleep(3)  # let the worker finish starting (beat inside)
@@ -66,6 +67,8 @@ def test_serve_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "dualseg is up at" in out
+        token = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("admin token"))
+        assert token.startswith("dsg_")
         assert "stopping dualseg" in out
         time.sleep(0.5)
         leftovers = [p for p in kids + grandchildren if _alive(p)]

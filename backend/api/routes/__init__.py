@@ -2,6 +2,6 @@
 
 from fastapi import APIRouter
 
-from backend.api.routes import artifacts, cases, jobs
+from backend.api.routes import artifacts, cases, corrections, jobs, models
 
-ROUTERS: list[APIRouter] = [cases.router, jobs.router, artifacts.router]
+ROUTERS: list[APIRouter] = [cases.router, jobs.router, artifacts.router, corrections.router, models.router]

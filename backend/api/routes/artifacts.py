@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 
-from backend.api.deps import SessionDep, StoreDep
+from backend.api.deps import SessionDep, StoreDep, require_role
 from backend.errors import BadInput
 from backend.services import artifacts as art
 from backend.services import cases as case_service
 from backend.storage import ArtifactStore
 
-router = APIRouter(prefix="/cases", tags=["results"])
+router = APIRouter(prefix="/cases", tags=["results"], dependencies=[Depends(require_role("viewer"))])
 JobQuery = Annotated[str | None, Query(description="a specific job; default the newest succeeded one")]
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, send_job
+from backend.api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, require_role, send_job
 from backend.api.presenters import case_public, case_urls, job_public
 from backend.broker import SEGMENT_TASK
 from backend.errors import BadInput, TooLarge
@@ -16,7 +16,9 @@ from backend.services import cases as case_service
 from backend.services import jobs, registry
 from backend.services.uploads import discard, stage_files
 
-router = APIRouter(prefix="/cases", tags=["cases"])
+router = APIRouter(prefix="/cases", tags=["cases"], dependencies=[Depends(require_role("viewer"))])
+ANNOTATOR = [Depends(require_role("annotator"))]
+ADMIN = [Depends(require_role("admin"))]
 
 
 def _resolve_model(session: SessionDep, version: str | None) -> str | None:
@@ -27,7 +29,7 @@ def _resolve_model(session: SessionDep, version: str | None) -> str | None:
 
 
 @router.post(
-    "", status_code=status.HTTP_202_ACCEPTED, response_model=CaseCreated,
+    "", status_code=status.HTTP_202_ACCEPTED, response_model=CaseCreated, dependencies=ANNOTATOR,
     summary="Upload a volume (NIfTI, DICOM files, or a zip of a series/study) and queue its segmentation",
     responses={413: {"description": "upload too large"}, 422: {"description": "invalid or unsupported input"}},
 )
@@ -91,12 +93,12 @@ def get_case(case_id: str, session: SessionDep) -> CasePublic:
     return case_public(session, case_service.get_case(session, case_id), with_artifacts=True)
 
 
-@router.delete("/{case_id}", status_code=204, summary="Delete a case, its jobs and every file")
+@router.delete("/{case_id}", status_code=204, dependencies=ADMIN, summary="Delete a case, its jobs and every file")
 def delete_case(case_id: str, session: SessionDep, store: StoreDep) -> None:
     case_service.delete_case(session, store, case_id)
 
 
-@router.post("/{case_id}/segmentations", status_code=202, response_model=JobPublic,
+@router.post("/{case_id}/segmentations", status_code=202, response_model=JobPublic, dependencies=ANNOTATOR,
              summary="Segment the case again (e.g. with another model version)")
 def resegment(case_id: str, session: SessionDep, settings: SettingsDep, celery: CeleryDep,
               body: SegmentRequest | None = None) -> JSONResponse:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from backend.api.deps import SessionDep
+from backend.api.deps import SessionDep, require_role
 from backend.api.presenters import job_public
 from backend.schemas.cases import JobPublic
 from backend.services import jobs
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_role("viewer"))])
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="State, queue position and progress of a job")
@@ -17,7 +17,7 @@ def get_job(job_id: str, session: SessionDep) -> JobPublic:
     return job_public(session, jobs.get_job(session, job_id))
 
 
-@router.delete("/{job_id}", response_model=JobPublic, summary="Cancel a queued or running job")
+@router.delete("/{job_id}", response_model=JobPublic, dependencies=[Depends(require_role("annotator"))], summary="Cancel a queued or running job")
 def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
     job = jobs.cancel(session, job_id)
     session.flush()

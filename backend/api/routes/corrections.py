@@ -1,0 +1,61 @@
+"""Corrections of a case (history kept) and their statistics per model version."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, UploadFile
+
+from backend.api.deps import AnnotatorDep, SessionDep, SettingsDep, StoreDep, require_role
+from backend.errors import BadInput
+from backend.schemas.models import CorrectionPublic
+from backend.services import cases as case_service
+from backend.services import corrections
+from backend.services.uploads import copy_stream, discard, safe_name
+from backend.tables import Correction
+
+router = APIRouter(tags=["corrections"], dependencies=[Depends(require_role("viewer"))])
+
+
+def correction_public(c: Correction) -> CorrectionPublic:
+    return CorrectionPublic(correction_id=c.id, case_id=c.case_id, job_id=c.job_id, model_version=c.model_version,
+                            author=c.author, created_at=c.created_at, source_format=c.source_format,
+                            sha256=c.sha256, stats=c.stats or {})
+
+
+@router.put("/cases/{case_id}/correction", response_model=CorrectionPublic, status_code=201,
+            summary="Upload a corrected label map (NIfTI on the image grid, or a DICOM SEG of the case's series)")
+def put_correction(case_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
+                   principal: AnnotatorDep,
+                   file: Annotated[UploadFile, File(description=".nii/.nii.gz label map or DICOM SEG (.dcm)")]
+                   ) -> CorrectionPublic:
+    import hashlib
+
+    case = case_service.get_case(session, case_id)
+    folder = store.tmp_dir()
+    try:
+        name = safe_name(file.filename, 0)
+        path = folder / name
+        copy_stream(file.file, path, settings.max_upload_bytes, hashlib.sha256())
+        with open(path, "rb") as f:
+            head = f.read(132)
+        if name.lower().endswith((".nii", ".nii.gz")) or head[:2] == b"\x1f\x8b":
+            fmt = "nifti"
+            if not name.lower().endswith((".nii", ".nii.gz")):
+                path = path.rename(path.with_name(name + ".nii.gz"))
+        elif head[128:132] == b"DICM":
+            fmt = "dicom-seg"
+        else:
+            raise BadInput("the correction must be a NIfTI label map (.nii/.nii.gz) or a DICOM SEG file")
+        row = corrections.create_correction(session, settings, store, case, path, fmt, author=principal.name)
+        session.commit()
+    finally:
+        discard(folder)
+    return correction_public(row)
+
+
+@router.get("/cases/{case_id}/corrections", response_model=list[CorrectionPublic],
+            summary="Every correction of a case, newest first")
+def list_case_corrections(case_id: str, session: SessionDep) -> list[CorrectionPublic]:
+    case_service.get_case(session, case_id)
+    return [correction_public(c) for c in corrections.list_corrections(session, case_id)]
