@@ -16,6 +16,7 @@ from backend.config import Settings
 SEGMENT_TASK = "dualseg.segment"
 SWEEP_TASK = "dualseg.sweep"
 RETRAIN_TASK = "dualseg.retrain"
+SCHEDULED_RETRAIN_TASK = "dualseg.retrain_scheduled"
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -52,6 +53,7 @@ def make_celery(settings: Settings, name: str = "dualseg") -> Celery:
             SEGMENT_TASK: {"queue": settings.queue_inference},
             SWEEP_TASK: {"queue": settings.queue_inference},
             RETRAIN_TASK: {"queue": settings.queue_training},
+            SCHEDULED_RETRAIN_TASK: {"queue": settings.queue_training},
         },
         task_serializer="json",
         accept_content=["json"],

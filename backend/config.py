@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     inference_amp: bool = Field(False, description="bf16/fp16 autocast in inference where supported")
     inference_overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
     retrain_cron: str = Field("0 2 * * *", description="cron of the scheduled retraining (beat)")
+    retrain_after_corrections: int = Field(0, ge=0, description="start a run after this many new corrections (0: off)")
+    retrain_preset: str = Field("starter", description="training config preset used when a run names none")
+    retrain_iterations: int | None = Field(None, ge=1, description="iterations of a run (default: the preset's)")
+    retrain_val_percent: int = Field(20, ge=1, le=90, description="share of corrected cases held out for validation "
+                                     "(fixed by a hash of the case id)")
+    retrain_min_labeled: int = Field(1, ge=1, description="labeled training cases needed, else the run is skipped")
+    retrain_seed_dataset: Path | None = Field(None, description="optional MSD-layout folder of extra labeled cases")
+    retrain_auto_promote: bool = Field(True, description="promote a candidate that passes the gate")
+    retrain_gate_dice_tol: float = Field(0.005, ge=0, description="candidate Dice may be this much below the active's")
+    retrain_gate_hd95_tol_mm: float = Field(0.0, ge=0, description="candidate HD95 may be this much above the active's")
+    training_lease_s: int = Field(900, gt=0, description="a running training run silent this long is resumed elsewhere")
     log_level: str = Field("INFO", description="log level of every process")
     # PACS (docs/pacs.md) -----------------------------------------------------------------------
     pacs_dicomweb_url: str | None = Field(
@@ -88,6 +99,26 @@ class Settings(BaseSettings):
                                        "of series received by the SCP; unset = no forward")
     scp_forward_host: str | None = Field(None, description="host of scp_forward_ae")
     scp_forward_port: int | None = Field(None, ge=1, le=65535, description="port of scp_forward_ae")
+    # Security (docs/security.md) ---------------------------------------------------------------
+    cors_allowed_origins: str = Field(
+        "", description="comma-separated origins allowed to call the API from a browser (CORS), e.g. "
+        "https://viewer.example.org; empty = no cross-origin access")
+    oidc_issuer: str | None = Field(
+        None, description="OIDC: accept JWT bearer tokens from this issuer (the `iss` claim); unset = off")
+    oidc_audience: str | None = Field(None, description="OIDC: required `aud` claim (the API's client id)")
+    oidc_jwks_file: Path | None = Field(None, description="OIDC: JSON Web Key Set of the issuer, from a file")
+    oidc_jwks_url: str | None = Field(None, description="OIDC: JSON Web Key Set URL (used when no file is set)")
+    oidc_jwks_cache_s: int = Field(300, gt=0, description="OIDC: how long a fetched key set is reused, seconds")
+    oidc_algorithms: str = Field("RS256", description="OIDC: comma-separated accepted signature algorithms")
+    oidc_role_claim: str = Field(
+        "dualseg_role", description="OIDC: claim holding the role (dotted path, e.g. realm_access.roles); "
+        "a string or a list: the highest known role wins")
+    oidc_role_map: str = Field(
+        "", description="OIDC: comma-separated claim-value=role pairs (e.g. radiologists=annotator); "
+        "values that are already role names need no entry")
+    oidc_name_claim: str = Field("preferred_username", description="OIDC: claim used as the audit actor "
+                                 "(falls back to `sub`)")
+    oidc_leeway_s: int = Field(30, ge=0, description="OIDC: clock skew allowed on exp/nbf/iat, seconds")
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -104,9 +135,16 @@ class Settings(BaseSettings):
                 f"refusing to listen on {self.host} with authentication off: "
                 "set DUALSEG_AUTH_ENABLED=true or DUALSEG_HOST=127.0.0.1"
             )
+        if self.oidc_issuer and not (self.oidc_audience and (self.oidc_jwks_file or self.oidc_jwks_url)):
+            problems.append("DUALSEG_OIDC_ISSUER needs DUALSEG_OIDC_AUDIENCE and DUALSEG_OIDC_JWKS_FILE "
+                            "or DUALSEG_OIDC_JWKS_URL")
         if problems:
             raise ValueError("unsafe settings: " + "; ".join(problems))
         return self
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_allowed_origins.split(",") if o.strip()]
 
     # Derived locations -------------------------------------------------------------------------
     @property

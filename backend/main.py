@@ -6,19 +6,27 @@ This module and everything it imports stay free of torch, ``models`` and ``worke
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import __version__
 from backend.api.routes import health
 from backend.config import Settings, get_settings
 from backend.errors import DomainError
+from backend.middleware import EarlyGuardMiddleware, RequestContextMiddleware, install_log_context
 
 log = logging.getLogger("dualseg.api")
+
+UI_DIR = Path(__file__).resolve().parent / "ui"
+NIIVUE_DIST = UI_DIR / "node_modules" / "@niivue" / "niivue" / "dist"
 
 
 def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
@@ -40,6 +48,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     app.state.settings = settings
+    app.state.oidc = None
+    if settings.oidc_issuer:
+        from backend.oidc import OidcValidator
+
+        app.state.oidc = OidcValidator(settings)
+    install_log_context(settings.log_level)
+    # Outermost last: request ID + security headers wrap CORS, which wraps the early auth/size guard.
+    app.add_middleware(EarlyGuardMiddleware, settings=settings)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "If-None-Match"],
+            expose_headers=["X-Request-ID", "ETag", "Content-Disposition", "Location"], max_age=600,
+        )
+    app.add_middleware(RequestContextMiddleware)
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
@@ -52,6 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         return _error(422, "invalid_request", "the request is not valid", details)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        resp = _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        if exc.headers:
+            resp.headers.update(exc.headers)
+        return resp
+
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database unavailable: %s", type(exc).__name__)
@@ -61,4 +93,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from backend.api import register_routes
 
     register_routes(app)
+    mount_ui(app)
     return app
+
+
+def mount_ui(app: FastAPI) -> None:
+    """The review page: static files at /ui/ (no auth: every API call it makes sends the token) and
+    the NiiVue bundle from npm (``make ui``) at /ui/vendor/niivue/. ``/`` redirects to the page."""
+
+    @app.get("/", include_in_schema=False)
+    async def _root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    # the vendor mount comes first: Starlette matches mounts in order
+    app.mount("/ui/vendor/niivue", StaticFiles(directory=NIIVUE_DIST, check_dir=False), name="ui-niivue")
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True, check_dir=False), name="ui")

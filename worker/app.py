@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 from celery.schedules import crontab
 
-from backend.broker import RETRAIN_TASK, SEGMENT_TASK, SWEEP_TASK, make_celery
+from backend.broker import RETRAIN_TASK, SCHEDULED_RETRAIN_TASK, SEGMENT_TASK, SWEEP_TASK, make_celery
 from backend.config import Settings, get_settings
 
 log = logging.getLogger("dualseg.worker")
@@ -32,9 +32,9 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     app = make_celery(settings, name="dualseg-worker")
     schedule: dict[str, Any] = {
         "sweep-stuck-jobs": {"task": SWEEP_TASK, "schedule": float(settings.sweep_interval_s)},
+        "scheduled-retraining": {"task": SCHEDULED_RETRAIN_TASK, "schedule": _cron(settings.retrain_cron)},
     }
     app.conf.beat_schedule = schedule
-    app.conf.beat_schedule_cron = _cron(settings.retrain_cron)  # validated here, used by retraining
 
     def enqueue(task: str, job_id: str, queue: str) -> None:
         app.send_task(task, args=[job_id], queue=queue)
@@ -48,5 +48,24 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     from worker.tasks.segment import register_segment_task
 
     register_segment_task(app, settings, enqueue)
-    _ = (SEGMENT_TASK, RETRAIN_TASK)
+
+    from worker.tasks.pacs import beat_entries, register_pacs_tasks
+
+    register_pacs_tasks(app, settings, enqueue)
+    schedule.update(beat_entries(settings))
+
+    from backend.storage import ArtifactStore
+    from worker.tasks.retrain import run_retrain, scheduled_run
+
+    store = ArtifactStore(settings.resolved_storage_dir)
+
+    @app.task(name=RETRAIN_TASK, acks_late=True, ignore_result=True)
+    def retrain(run_id: str) -> str:
+        return run_retrain(settings, store, run_id)
+
+    @app.task(name=SCHEDULED_RETRAIN_TASK, ignore_result=True)
+    def retrain_scheduled() -> str | None:
+        return scheduled_run(settings, enqueue)
+
+    _ = SEGMENT_TASK
     return app

@@ -15,6 +15,7 @@ from backend.broker import make_celery
 from backend.config import Settings
 from backend.db import session_factory
 from backend.errors import Unauthorized
+from backend.oidc import OidcValidator, looks_like_jwt
 from backend.security import ANONYMOUS_ADMIN, Principal, authenticate, require
 from backend.storage import ArtifactStore
 from backend.tables import Role
@@ -59,18 +60,33 @@ def get_celery(request: Request) -> Celery:
 _bearer = HTTPBearer(auto_error=False, description="a token from `dualseg tokens create`")
 
 
+MISSING_TOKEN = "send 'Authorization: Bearer <token>' (create one with: dualseg tokens create)"
+
+
+def resolve_principal(session: Session, settings: Settings, token: str, oidc: OidcValidator | None) -> Principal:
+    """A dualseg API token (``dsg_…``, checked against the database) or, when OIDC is configured, a JWT
+    of the site's identity provider."""
+    if oidc is not None and looks_like_jwt(token):
+        return oidc.principal(token)
+    return authenticate(session, settings.secret_key, token)
+
+
 def get_principal(
     request: Request,
     session: Annotated[Session, Depends(get_session)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     settings: Settings = request.app.state.settings
+    early: Principal | None = getattr(request.state, "principal", None)  # set by backend.middleware
     if not settings.auth_enabled:
         principal = ANONYMOUS_ADMIN
+    elif early is not None:
+        principal = early
     else:
         if credentials is None or credentials.scheme.lower() != "bearer":
-            raise Unauthorized("send 'Authorization: Bearer <token>' (create one with: dualseg tokens create)")
-        principal = authenticate(session, settings.secret_key, credentials.credentials)
+            raise Unauthorized(MISSING_TOKEN)
+        principal = resolve_principal(session, settings, credentials.credentials,
+                                      getattr(request.app.state, "oidc", None))
     request.state.principal = principal
     return principal
 
@@ -83,6 +99,7 @@ def require_role(role: str | Role):  # type: ignore[no-untyped-def]
         return require(principal, needed)
 
     dependency.__name__ = f"require_{needed.value}"
+    dependency.required_role = needed  # type: ignore[attr-defined] # read by backend.middleware
     return dependency
 
 

@@ -81,7 +81,8 @@ def make_session(settings: Settings) -> requests.Session:
     session = requests.Session()
     if settings.pacs_auth == "basic":
         if not settings.pacs_username or settings.pacs_password is None:
-            raise PacsNotConfigured("DUALSEG_PACS_AUTH=basic needs DUALSEG_PACS_USERNAME and DUALSEG_PACS_PASSWORD")
+            raise PacsNotConfigured("DUALSEG_PACS_AUTH=basic needs DUALSEG_PACS_USERNAME and "
+                                    "DUALSEG_PACS_PASSWORD")
         session.auth = (settings.pacs_username, settings.pacs_password)
     elif settings.pacs_auth == "bearer":
         if not settings.pacs_token:
@@ -184,7 +185,8 @@ class PacsClient:
             iterator: Iterator[Dataset] = self._wado.iter_series(study_uid, series_uid)
             for n, ds in enumerate(iterator):
                 if n >= max_files:
-                    raise TooLarge(f"the series has more than {max_files} instances (DUALSEG_MAX_UPLOAD_FILES)")
+                    raise TooLarge(f"the series has more than {max_files} instances "
+                                   "(DUALSEG_MAX_UPLOAD_FILES)")
                 path = dest / f"{n:06d}.dcm"
                 ds.save_as(path, enforce_file_format=True)
                 total += path.stat().st_size
@@ -217,7 +219,8 @@ def _instance_ref(item: dict[str, Any], study_uid: str | None, series_uid: str |
     series = _first(item, "0020000E") or series_uid
     if not (sop and study and series):
         return None
-    return InstanceRef(study_uid=study, series_uid=series, sop_uid=sop, sop_class_uid=_first(item, "00080016"))
+    return InstanceRef(study_uid=study, series_uid=series, sop_uid=sop,
+                       sop_class_uid=_first(item, "00080016"))
 
 
 @contextmanager

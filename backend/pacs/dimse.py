@@ -42,7 +42,7 @@ def c_store(settings: Settings, datasets: Sequence[Dataset], peer: Peer | None =
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        syntaxes: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         for ds in datasets:
             meta = getattr(ds, "file_meta", None)
             ts = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None

@@ -12,7 +12,7 @@ import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from sqlalchemy import select
@@ -70,7 +70,8 @@ def ingest_files(
     folder = store.tmp_dir()
     try:
         with ExitStack() as stack:
-            items = [(p.name, stack.enter_context(open(p, "rb"))) for p in files]
+            items: list[tuple[str | None, BinaryIO]] = [(p.name, stack.enter_context(open(p, "rb")))
+                                                        for p in files]
             staged = stage_files(items, folder, settings.max_upload_bytes, settings.max_upload_files)
         with session_scope(settings.resolved_database_url) as session:
             version = resolve_model(session, model_version) if segment else None

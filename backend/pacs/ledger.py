@@ -87,7 +87,8 @@ def instance(store: ArtifactStore, sop_uid: str) -> dict[str, Any] | None:
 
 
 def mark_instance(store: ArtifactStore, sop_uid: str, role: InstanceRole, **info: Any) -> None:
-    write(store, key("instances", sop_uid), {"sop_instance_uid": sop_uid, "role": role, "at": now_iso(), **info})
+    write(store, key("instances", sop_uid),
+          {"sop_instance_uid": sop_uid, "role": role, "at": now_iso(), **info})
 
 
 # corrections -------------------------------------------------------------------------------------
@@ -97,4 +98,5 @@ def correction(store: ArtifactStore, correction_id: str) -> dict[str, Any] | Non
 
 def mark_correction(store: ArtifactStore, correction_id: str, **info: Any) -> None:
     old = correction(store, correction_id) or {}
-    write(store, key("corrections", correction_id), {**old, "correction_id": correction_id, "at": now_iso(), **info})
+    write(store, key("corrections", correction_id),
+          {**old, "correction_id": correction_id, "at": now_iso(), **info})

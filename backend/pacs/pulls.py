@@ -88,8 +88,8 @@ def create(store: ArtifactStore, settings: Settings, study_uid: str, series_uid:
     """Record a queued pull (the caller sends PULL_TASK afterwards)."""
     rec = PullRecord(id=new_id(), study_uid=check_uid(study_uid, "study UID"),
                      series_uid=check_uid(series_uid, "series UID"), model_version=model_version,
-                     requested_by=(requested_by or None), source=source, max_attempts=settings.job_max_attempts,
-                     enqueued_at=ledger.now_iso())
+                     requested_by=(requested_by or None), source=source,
+                     max_attempts=settings.job_max_attempts, enqueued_at=ledger.now_iso())
     save(store, rec)
     ledger.mark_active(store, "pull", rec.id)
     ledger.write(store, ledger.key("series", series_uid), {"pull_id": rec.id, "at": rec.created_at})

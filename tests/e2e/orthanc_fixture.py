@@ -76,14 +76,20 @@ class Orthanc:
             "ConcurrentJobs": 1,
             "Plugins": [plugin],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
-            "LuaScripts": [str(p) for p in (lua_scripts or [])],
+            "LuaScripts": [str(p.resolve()) for p in (lua_scripts or [])],
         }
         config.update(extra or {})
+        self.config = config
         self.config_path = folder / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=1))
         self.log_path = folder / "orthanc.log"
         self._binary = binary
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def configure(self, **options: Any) -> None:
+        """Change configuration options before ``start()``."""
+        self.config.update(options)
+        self.config_path.write_text(json.dumps(self.config, indent=1))
 
     def start(self, timeout: float = 30.0) -> Orthanc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process

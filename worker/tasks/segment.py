@@ -100,6 +100,12 @@ def run_segment(settings: Settings, store: ArtifactStore, cache: ModelCache, job
                 case.region_count = summary["region_count"]
             jobs.finish(s, job_id, JobState.succeeded, timings=timings)
         log.info("job %s succeeded in %.2f s", job_id, timings["total"])
+        try:  # results back to the PACS (docs/pacs.md); a PACS problem never fails the job
+            from worker.tasks.pacs import after_segment
+
+            after_segment(settings, case_id, job_id, enqueue)
+        except Exception:  # noqa: BLE001
+            log.exception("job %s: could not queue the PACS push", job_id)
         return "succeeded"
     except jobs.JobCancelled:
         with session_scope(url) as s:

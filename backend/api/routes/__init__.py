@@ -2,6 +2,9 @@
 
 from fastapi import APIRouter
 
-from backend.api.routes import artifacts, cases, corrections, jobs, models
+from backend.api.routes import artifacts, audit, cases, corrections, jobs, models, pacs, tokens, training
 
-ROUTERS: list[APIRouter] = [cases.router, jobs.router, artifacts.router, corrections.router, models.router]
+ROUTERS: list[APIRouter] = [
+    cases.router, jobs.router, artifacts.router, corrections.router, models.router, training.router,
+    pacs.router, tokens.router, audit.router,
+]

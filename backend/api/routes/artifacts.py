@@ -6,10 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
+from sqlalchemy.orm import Session
 
 from backend.api.deps import SessionDep, StoreDep, require_role
 from backend.errors import BadInput
 from backend.services import artifacts as art
+from backend.services import audit
 from backend.services import cases as case_service
 from backend.storage import ArtifactStore
 
@@ -18,10 +20,12 @@ JobQuery = Annotated[str | None, Query(description="a specific job; default the 
 
 
 def _send(request: Request, store: ArtifactStore, key: str, media_type: str, filename: str,
-          etag: str) -> Response:
+          etag: str, session: Session | None = None, case_id: str | None = None, kind: str = "") -> Response:
     quoted = f'"{etag}"'
     if request.headers.get("if-none-match") in (quoted, etag, "*"):
         return Response(status_code=304, headers={"ETag": quoted})
+    if session is not None:
+        audit.record_request(session, request, "case.download", "case", case_id, kind=kind)
     return FileResponse(store.path(key), media_type=media_type, filename=filename,
                         headers={"ETag": quoted, "Cache-Control": "private, max-age=0, must-revalidate"})
 
@@ -32,7 +36,7 @@ def _serve_kind(request: Request, session: SessionDep, store: StoreDep, case_id:
     job = art.result_job(session, case, job_id)
     row = art.get_artifact(session, job, kind)
     filename = f"{case.id}_{art.KINDS[kind].filename}"
-    return _send(request, store, row.key, row.media_type, filename, row.sha256)
+    return _send(request, store, row.key, row.media_type, filename, row.sha256, session, case.id, kind)
 
 
 @router.get("/{case_id}/mask", summary="The label mask: NIfTI (uint8, input geometry) or DICOM SEG",
@@ -66,6 +70,7 @@ def get_uncertainty(
         quoted = f'"{etag}"'
         if request.headers.get("if-none-match") == quoted:
             return Response(status_code=304, headers={"ETag": quoted})
+        audit.record_request(session, request, "case.download", "case", case.id, kind="entropy_png")
         name = f"{case.id}_entropy_{axis}_{'montage' if slice is None else slice}.png"
         return Response(png, media_type="image/png", headers={
             "ETag": quoted, "Content-Disposition": f'inline; filename="{name}"'})
@@ -84,4 +89,5 @@ def get_regions(request: Request, case_id: str, session: SessionDep, store: Stor
             response_class=FileResponse)
 def get_image(request: Request, case_id: str, session: SessionDep, store: StoreDep) -> Response:
     case = case_service.get_case(session, case_id)
-    return _send(request, store, case.image_key, "application/gzip", f"{case.id}_image.nii.gz", case.sha256)
+    return _send(request, store, case.image_key, "application/gzip", f"{case.id}_image.nii.gz", case.sha256,
+                 session, case.id, "image")

@@ -13,7 +13,7 @@ from backend.broker import SEGMENT_TASK
 from backend.errors import BadInput, TooLarge
 from backend.schemas.cases import CaseCreated, CaseList, CasePublic, JobPublic, SegmentRequest
 from backend.services import cases as case_service
-from backend.services import jobs, registry
+from backend.services import audit, jobs, registry
 from backend.services.uploads import discard, stage_files
 
 router = APIRouter(prefix="/cases", tags=["cases"], dependencies=[Depends(require_role("viewer"))])
@@ -62,6 +62,8 @@ def create_case(
             job = jobs.create_job(session, new.case, settings.queue_inference, settings.job_max_attempts,
                                   model_version=version)
             jobs.mark_enqueued(session, job.id)
+        audit.record_request(session, request, "case.upload", "case", new.case.id, job_id=job.id if job else None,
+                             source_format=staged.kind, num_files=new.case.num_files, size_bytes=staged.total_bytes)
         session.commit()
     finally:
         discard(folder)
@@ -94,13 +96,14 @@ def get_case(case_id: str, session: SessionDep) -> CasePublic:
 
 
 @router.delete("/{case_id}", status_code=204, dependencies=ADMIN, summary="Delete a case, its jobs and every file")
-def delete_case(case_id: str, session: SessionDep, store: StoreDep) -> None:
+def delete_case(case_id: str, request: Request, session: SessionDep, store: StoreDep) -> None:
     case_service.delete_case(session, store, case_id)
+    audit.record_request(session, request, "case.delete", "case", case_id)
 
 
 @router.post("/{case_id}/segmentations", status_code=202, response_model=JobPublic, dependencies=ANNOTATOR,
              summary="Segment the case again (e.g. with another model version)")
-def resegment(case_id: str, session: SessionDep, settings: SettingsDep, celery: CeleryDep,
+def resegment(case_id: str, request: Request, session: SessionDep, settings: SettingsDep, celery: CeleryDep,
               body: SegmentRequest | None = None) -> JSONResponse:
     case = case_service.get_case(session, case_id)
     version = _resolve_model(session, body.model_version if body else None)
@@ -108,6 +111,7 @@ def resegment(case_id: str, session: SessionDep, settings: SettingsDep, celery: 
         raise BadInput("no model is active: import and promote one first (dualseg models import)")
     job = jobs.create_job(session, case, settings.queue_inference, settings.job_max_attempts, model_version=version)
     jobs.mark_enqueued(session, job.id)
+    audit.record_request(session, request, "case.segment", "case", case.id, job_id=job.id, model_version=version)
     session.commit()
     send_job(celery, SEGMENT_TASK, job.id, job.queue)
     return JSONResponse(job_public(session, job).model_dump(mode="json"), status_code=202)

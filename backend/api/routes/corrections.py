@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, UploadFile
 
-from backend.api.deps import AnnotatorDep, SessionDep, SettingsDep, StoreDep, require_role
-from backend.errors import BadInput
+from backend.api.deps import AnnotatorDep, CeleryDep, SessionDep, SettingsDep, StoreDep, require_role, send_job
+from backend.broker import RETRAIN_TASK
+from backend.errors import BadInput, Conflict
 from backend.schemas.models import CorrectionPublic
 from backend.services import cases as case_service
-from backend.services import corrections
+from backend.services import audit, corrections, training
 from backend.services.uploads import copy_stream, discard, safe_name
 from backend.tables import Correction
 
@@ -26,7 +27,7 @@ def correction_public(c: Correction) -> CorrectionPublic:
 @router.put("/cases/{case_id}/correction", response_model=CorrectionPublic, status_code=201,
             summary="Upload a corrected label map (NIfTI on the image grid, or a DICOM SEG of the case's series)")
 def put_correction(case_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
-                   principal: AnnotatorDep,
+                   principal: AnnotatorDep, celery: CeleryDep,
                    file: Annotated[UploadFile, File(description=".nii/.nii.gz label map or DICOM SEG (.dcm)")]
                    ) -> CorrectionPublic:
     import hashlib
@@ -48,10 +49,26 @@ def put_correction(case_id: str, session: SessionDep, settings: SettingsDep, sto
         else:
             raise BadInput("the correction must be a NIfTI label map (.nii/.nii.gz) or a DICOM SEG file")
         row = corrections.create_correction(session, settings, store, case, path, fmt, author=principal.name)
+        audit.record(session, "correction.create", "case", case.id, actor=principal.name, correction_id=row.id,
+                     source_format=fmt)
         session.commit()
     finally:
         discard(folder)
+    maybe_start_retraining(session, settings, celery)
     return correction_public(row)
+
+
+def maybe_start_retraining(session: SessionDep, settings: SettingsDep, celery: CeleryDep) -> None:
+    """The optional trigger: a run after N new corrections (DUALSEG_RETRAIN_AFTER_CORRECTIONS)."""
+    n = settings.retrain_after_corrections
+    if n <= 0 or training.corrections_since_last_run(session) < n:
+        return
+    try:
+        run = training.create_run(session, "corrections", None, {}, None)
+    except Conflict:
+        return
+    session.commit()
+    send_job(celery, RETRAIN_TASK, run.id, settings.queue_training)
 
 
 @router.get("/cases/{case_id}/corrections", response_model=list[CorrectionPublic],

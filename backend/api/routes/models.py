@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from backend.api.deps import SessionDep, require_role
 from backend.schemas.models import ModelVersionPublic
-from backend.services import corrections, registry
+from backend.services import audit, corrections, registry
 from backend.tables import ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[Depends(require_role("viewer"))])
@@ -28,8 +28,9 @@ def list_models(session: SessionDep) -> list[ModelVersionPublic]:
 
 @router.post("/rollback", response_model=ModelVersionPublic, dependencies=ADMIN,
              summary="Re-activate the previously active version")
-def rollback(session: SessionDep) -> ModelVersionPublic:
+def rollback(request: Request, session: SessionDep) -> ModelVersionPublic:
     active, _ = registry.rollback(session)
+    audit.record_request(session, request, "model.rollback", "model", active.version)
     return model_public(active)
 
 
@@ -46,5 +47,7 @@ def model_stats(version: str, session: SessionDep) -> dict[str, Any]:
 
 @router.post("/{version}/promote", response_model=ModelVersionPublic, dependencies=ADMIN,
              summary="Make this version the active one (the current one is retired)")
-def promote(version: str, session: SessionDep) -> ModelVersionPublic:
-    return model_public(registry.promote(session, version))
+def promote(version: str, request: Request, session: SessionDep) -> ModelVersionPublic:
+    promoted = registry.promote(session, version)
+    audit.record_request(session, request, "model.promote", "model", promoted.version)
+    return model_public(promoted)

@@ -1,0 +1,255 @@
+"""ASGI middleware of the API: request IDs (and their place in every log line), security headers,
+and the early guard that refuses unauthenticated, under-privileged or oversized requests *before*
+their body is read.
+
+FastAPI parses a multipart body (spooling every file to disk) before any dependency runs, so the
+role check of ``require_role`` alone would let anyone make the server read and store gigabytes. The
+guard runs first: for mutating ``/api/`` requests it matches the route, reads the role that route's
+``require_role`` dependencies demand, checks the bearer token against it and enforces the size cap
+from ``Content-Length`` (and, for bodies without one, while they stream in).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import uuid
+from typing import Any
+
+import anyio
+from sqlalchemy.exc import DBAPIError
+from starlette.datastructures import Headers, MutableHeaders
+from fastapi.routing import iter_route_contexts
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.config import Settings
+from backend.errors import DomainError, Forbidden, TooLarge, Unauthorized
+from backend.security import ROLE_RANK, Principal
+from backend.tables import Role
+
+log = logging.getLogger("dualseg.api")
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("dualseg_request_id", default="-")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+BODY_SLACK = 1024 * 1024  # multipart framing around the files
+
+
+# Request IDs in log lines ----------------------------------------------------------------------------
+class RequestIdFormatter(logging.Formatter):
+    """Wraps a handler's formatter and appends ``request_id=…`` to every line it formats."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        return f"{text} request_id={getattr(record, 'request_id', REQUEST_ID.get())}"
+
+
+def install_log_context(level: str = "INFO") -> None:
+    """Give every log record a ``request_id`` attribute and every API log line a ``request_id=`` field.
+
+    Idempotent. Wraps the handlers uvicorn installed (access and error logs) and, when nothing handles
+    the root logger, adds one stderr handler so that ``dualseg.*`` messages are formatted the same way.
+    """
+    old_factory = logging.getLogRecordFactory()
+    if not getattr(old_factory, "_dualseg_request_id", False):
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = old_factory(*args, **kwargs)
+            record.request_id = REQUEST_ID.get()
+            return record
+
+        factory._dualseg_request_id = True  # type: ignore[attr-defined]
+        logging.setLogRecordFactory(factory)
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        logging.getLogger("dualseg").setLevel(level.upper())
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter, RequestIdFormatter):
+                if type(handler).__module__.startswith("_pytest"):
+                    continue  # leave pytest's capture handlers alone
+                handler.setFormatter(RequestIdFormatter(handler.formatter))
+
+
+def _json(status: int, code: str, message: str, extra: list[tuple[bytes, bytes]] | None = None
+          ) -> tuple[Message, Message]:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *(extra or [])]
+    return ({"type": "http.response.start", "status": status, "headers": headers},
+            {"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _respond(send: Send, status: int, code: str, message: str, close: bool = False) -> None:
+    extra = [(b"connection", b"close")] if close else []
+    if status == 401:
+        extra.append((b"www-authenticate", b"Bearer"))
+    start, body = _json(status, code, message, extra)
+    await send(start)
+    await send(body)
+
+
+# Request ID + security headers -----------------------------------------------------------------------
+class RequestContextMiddleware:
+    """Outermost: X-Request-ID in (when well-formed) and out, security headers on every answer,
+    ``Cache-Control: no-store`` on API JSON."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id", "")
+        rid = given if _VALID_ID.match(given) else uuid.uuid4().hex
+        token = REQUEST_ID.set(rid)
+        is_api = scope["path"].startswith("/api/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = rid
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("X-Frame-Options", "DENY")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                if "content-security-policy" not in headers:
+                    headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+                if is_api and headers.get("content-type", "").startswith("application/json"):
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            REQUEST_ID.reset(token)
+
+
+# Early guard ---------------------------------------------------------------------------------------------
+def required_role(route: Any) -> Role | None:
+    """The highest role any ``require_role`` dependency of the route demands (None: public)."""
+    found: list[Role] = []
+    stack = [getattr(route, "dependant", None)]
+    while stack:
+        dep = stack.pop()
+        if dep is None:
+            continue
+        role = getattr(dep.call, "required_role", None)
+        if role is not None:
+            found.append(role)
+        stack.extend(dep.dependencies)
+    return max(found, key=lambda r: ROLE_RANK[r]) if found else None
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class EarlyGuardMiddleware:
+    """For POST/PUT/PATCH/DELETE under /api/: authenticate and authorise from the headers alone, then
+    enforce the body size cap, all before the route (and FastAPI's body parser) runs."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.max_body = settings.max_upload_bytes + BODY_SLACK
+        self._roles: dict[tuple[str | None, tuple[str, ...]], Role | None] = {}
+
+    def _route_role(self, scope: Scope) -> tuple[bool, Role | None]:
+        app = scope.get("app")
+        for ctx in iter_route_contexts(getattr(app, "routes", [])):
+            try:
+                match, _ = ctx.matches(scope)
+            except AttributeError:
+                continue
+            if match == Match.FULL:
+                key = (ctx.path, tuple(sorted(ctx.methods or ())))
+                if key not in self._roles:
+                    self._roles[key] = required_role(ctx)
+                return True, self._roles[key]
+        return False, None
+
+    def _authenticate(self, scope: Scope, token: str) -> Principal:
+        from backend.api.deps import resolve_principal
+        from backend.db import session_scope
+
+        oidc = getattr(getattr(scope.get("app"), "state", None), "oidc", None)
+        with session_scope(self.settings.resolved_database_url) as session:
+            return resolve_principal(session, self.settings, token, oidc)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in MUTATING or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if self.settings.auth_enabled:
+            matched, needed = self._route_role(scope)
+            if matched and needed is not None:
+                auth = headers.get("authorization", "")
+                scheme, _, token = auth.partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    from backend.api.deps import MISSING_TOKEN
+
+                    await _respond(send, 401, Unauthorized.code, MISSING_TOKEN, close=True)
+                    return
+                try:
+                    principal = await anyio.to_thread.run_sync(self._authenticate, scope, token.strip())
+                    if ROLE_RANK[principal.role] < ROLE_RANK[needed]:
+                        raise Forbidden(f"this needs the {needed.value} role; your token has "
+                                        f"{principal.role.value}")
+                except DomainError as exc:
+                    await _respond(send, exc.status, exc.code, exc.message, close=True)
+                    return
+                except DBAPIError as exc:
+                    log.warning("database unavailable during authentication: %s", type(exc).__name__)
+                    await _respond(send, 503, "database_unavailable",
+                                   "the database is not reachable; try again shortly", close=True)
+                    return
+                scope.setdefault("state", {})["principal"] = principal
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _respond(send, 413, TooLarge.code,
+                           f"the request body is {length} bytes; the limit is {self.max_body}", close=True)
+            return
+        await self._call_counting(scope, receive, send)
+
+    async def _call_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count streamed body bytes; past the cap, stop reading and answer 413 instead."""
+        seen = 0
+        exceeded = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    exceeded = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return  # the app's answer to the aborted body is replaced by the 413 below
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        if exceeded and not started:
+            await _respond(send, 413, TooLarge.code,
+                           f"the request body exceeds the limit of {self.max_body} bytes", close=True)
