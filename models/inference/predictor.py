@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from models.data.transforms import PreprocessRecord, from_canonical, preprocess, to_canonical_grid
+from models.inference.fuse import fold_batchnorm
 from models.inference.regions import extract_regions
 from models.inference.sliding import ImportanceMapCache, sliding_window_dual
 from models.package import ModelPackage
@@ -106,6 +107,7 @@ class Predictor:
         batch_size: windows per forward pass (both nets run on the same batch).
         amp: autocast setting, see :func:`resolve_amp`.
         disagreement: also compute the per-net disagreement map (keeps one buffer per net).
+        fold_bn: fold eval-mode BatchNorm into the convolutions (same results up to float rounding).
         region_threshold, min_region_voxels, max_regions: passed to
             :func:`~models.inference.regions.extract_regions`.
     """
@@ -121,6 +123,7 @@ class Predictor:
         region_threshold: float = 0.5,
         min_region_voxels: int = 10,
         max_regions: int = 20,
+        fold_bn: bool = True,
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -131,6 +134,9 @@ class Predictor:
         self.device = torch.device(device)
         self.net_a = package.net_a.to(self.device).eval()
         self.net_b = package.net_b.to(self.device).eval()
+        if fold_bn:  # inference-only copies with BatchNorm folded into the convolutions (models/inference/fuse.py)
+            self.net_a = fold_batchnorm(self.net_a)[0]
+            self.net_b = fold_batchnorm(self.net_b)[0]
         self.overlap = float(overlap)
         self.batch_size = int(batch_size)
         self.amp_dtype = resolve_amp(amp, self.device)

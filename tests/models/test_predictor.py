@@ -288,3 +288,29 @@ def test_predictor_rejects_bad_settings_and_inputs(tmp_path: Path) -> None:
         Predictor(pkg, "cpu", batch_size=0)
     with pytest.raises(ValueError):
         Predictor(pkg, "cpu").predict(np.zeros((3, 16, 16, 16)), np.eye(4))  # 3 channels, card says 1
+
+
+def test_folded_batchnorm_matches_the_original_networks() -> None:
+    import torch
+
+    from models.inference.fuse import fold_batchnorm
+    from models.networks import build_network
+
+    torch.manual_seed(0)
+    for name in ("vnet", "resnet_vnet"):
+        net = build_network(name, in_channels=1, num_classes=3, width=4).eval()
+        for m in net.modules():  # non-trivial running statistics and affine parameters
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
+        fused, pairs = fold_batchnorm(net)
+        assert pairs > 10
+        assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
+        assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())  # original untouched
+        x = torch.randn(2, 1, 32, 32, 16)
+        with torch.inference_mode():
+            (la, fa), (lb, fb) = net(x), fused(x)
+        torch.testing.assert_close(lb, la, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fb, fa, atol=1e-4, rtol=1e-4)
