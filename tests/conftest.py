@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 
+# Tests start several processes that each run torch (the test itself, `dualseg worker`, …). With torch's
+# default of one OpenMP thread per core they oversubscribe a small machine, and spinning OpenMP barriers
+# then make every forward pass 10–20× slower (measured here). One thread per process keeps tests fast;
+# child processes inherit it. Set before any test module imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 IN_CI = os.environ.get("CI") == "true"
 PG_ADMIN_URL = os.environ.get("DUALSEG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DUALSEG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
