@@ -7,9 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 export DUALSEG_PORT ?= 8000
 export DUALSEG_DATA_DIR ?= ./var
 
-.PHONY: setup run test lint services clean-var
+.PHONY: setup ui run test lint services clean-var
+
+UI_DIR  := backend/ui
+NIIVUE  := $(UI_DIR)/node_modules/@niivue/niivue/dist/index.js
 
 setup: $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory ui; \
+	else echo "setup: npm not found, skipping 'make ui': the review page needs the NiiVue bundle (install Node.js + npm, then run 'make ui')"; fi
 
 # torch is pinned (==2.13.0) in pyproject.toml, in the same install as monai: without the pin pip
 # would resolve a multi-GB CUDA build. pip + venv on purpose (not uv/poetry).
@@ -17,6 +22,14 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
 	@touch $(STAMP)
+
+# The review page's only dependency: NiiVue, pinned in backend/ui/package.json + package-lock.json
+# (npm ci: exactly the locked versions), served from backend/ui/node_modules at /ui/vendor/niivue/.
+ui: $(NIIVUE)
+
+$(NIIVUE): $(UI_DIR)/package.json $(UI_DIR)/package-lock.json
+	cd $(UI_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 run: setup
 	$(BIN)/dualseg serve

@@ -142,8 +142,7 @@ def serve(
 
 def main() -> None:
     try:
-        from backend import cli_admin, cli_models  # noqa: F401 - register their commands on `app`
-        from backend import cli_pacs  # noqa: F401
+        from backend import cli_admin, cli_ml, cli_models, cli_pacs  # noqa: F401 - register their commands
     except ImportError as exc:  # pragma: no cover - partial checkouts
         print(f"warning: ML commands unavailable: {exc}", file=sys.stderr)
     app()

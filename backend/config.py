@@ -94,7 +94,8 @@ class Settings(BaseSettings):
         "", description="comma-separated calling AE titles allowed to C-STORE/C-ECHO; empty = any")
     scp_stable_s: float = Field(
         10.0, gt=0, description="a received series is segmented once no instance arrived for this long")
-    scp_spool_dir: Path | None = Field(None, description="where received instances wait; default data_dir/scp")
+    scp_spool_dir: Path | None = Field(None, description="where received instances wait; "
+                                       "default data_dir/scp")
     scp_forward_ae: str | None = Field(None, description="AE title that receives the results (SEG + PM) "
                                        "of series received by the SCP; unset = no forward")
     scp_forward_host: str | None = Field(None, description="host of scp_forward_ae")
@@ -107,8 +108,8 @@ class Settings(BaseSettings):
         None, description="OIDC: accept JWT bearer tokens from this issuer (the `iss` claim); unset = off")
     oidc_audience: str | None = Field(None, description="OIDC: required `aud` claim (the API's client id)")
     oidc_jwks_file: Path | None = Field(None, description="OIDC: JSON Web Key Set of the issuer, from a file")
-    oidc_jwks_url: str | None = Field(None, description="OIDC: JSON Web Key Set URL (used when no file is set)")
-    oidc_jwks_cache_s: int = Field(300, gt=0, description="OIDC: how long a fetched key set is reused, seconds")
+    oidc_jwks_url: str | None = Field(None, description="OIDC: JSON Web Key Set URL (when no file is set)")
+    oidc_jwks_cache_s: int = Field(300, gt=0, description="OIDC: how long a fetched key set is reused (s)")
     oidc_algorithms: str = Field("RS256", description="OIDC: comma-separated accepted signature algorithms")
     oidc_role_claim: str = Field(
         "dualseg_role", description="OIDC: claim holding the role (dotted path, e.g. realm_access.roles); "
@@ -119,6 +120,14 @@ class Settings(BaseSettings):
     oidc_name_claim: str = Field("preferred_username", description="OIDC: claim used as the audit actor "
                                  "(falls back to `sub`)")
     oidc_leeway_s: int = Field(30, ge=0, description="OIDC: clock skew allowed on exp/nbf/iat, seconds")
+    max_concurrent_uploads: int = Field(
+        4, ge=1, description="uploads (multipart requests) processed at once per API process; more wait "
+        "(unread) for a slot, so reads stay fast and the database pool is not exhausted")
+    upload_wait_s: float = Field(
+        120.0, gt=0, description="an upload waiting longer than this for a slot is answered 503 (retry later)")
+    orphan_max_age_s: int = Field(
+        3600, gt=0, description="the sweeper removes upload folders and case folders without a database row "
+        "(left by a killed API) once they are this old, seconds")
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

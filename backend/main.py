@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import __version__
@@ -82,6 +83,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         resp = _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
         if exc.headers:
             resp.headers.update(exc.headers)
+        return resp
+
+    @app.exception_handler(PoolTimeout)
+    async def _db_busy(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("no database connection free in time (%s)", type(exc).__name__)
+        resp = _error(503, "busy", "the server is busy; retry shortly")
+        resp.headers["Retry-After"] = "2"
         return resp
 
     @app.exception_handler(OperationalError)

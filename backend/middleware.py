@@ -11,6 +11,7 @@ from ``Content-Length`` (and, for bodies without one, while they stream in).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -19,9 +20,9 @@ import uuid
 from typing import Any
 
 import anyio
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import DBAPIError
 from starlette.datastructures import Headers, MutableHeaders
-from fastapi.routing import iter_route_contexts
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -59,6 +60,7 @@ def install_log_context(level: str = "INFO") -> None:
     """
     old_factory = logging.getLogRecordFactory()
     if not getattr(old_factory, "_dualseg_request_id", False):
+
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = old_factory(*args, **kwargs)
             record.request_id = REQUEST_ID.get()
@@ -68,29 +70,41 @@ def install_log_context(level: str = "INFO") -> None:
         logging.setLogRecordFactory(factory)
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+        stream = logging.StreamHandler()
+        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(stream)
         logging.getLogger("dualseg").setLevel(level.upper())
     for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
         for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter, RequestIdFormatter):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler.formatter, RequestIdFormatter
+            ):
                 if type(handler).__module__.startswith("_pytest"):
                     continue  # leave pytest's capture handlers alone
                 handler.setFormatter(RequestIdFormatter(handler.formatter))
 
 
-def _json(status: int, code: str, message: str, extra: list[tuple[bytes, bytes]] | None = None
-          ) -> tuple[Message, Message]:
+def _json(
+    status: int, code: str, message: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> tuple[Message, Message]:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               *(extra or [])]
-    return ({"type": "http.response.start", "status": status, "headers": headers},
-            {"type": "http.response.body", "body": body, "more_body": False})
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+    ]
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    )
 
 
-async def _respond(send: Send, status: int, code: str, message: str, close: bool = False) -> None:
+async def _respond(
+    send: Send, status: int, code: str, message: str, close: bool = False, retry_after: int | None = None
+) -> None:
     extra = [(b"connection", b"close")] if close else []
+    if retry_after is not None:
+        extra.append((b"retry-after", str(retry_after).encode()))
     if status == 401:
         extra.append((b"www-authenticate", b"Bearer"))
     start, body = _json(status, code, message, extra)
@@ -163,6 +177,8 @@ class EarlyGuardMiddleware:
         self.settings = settings
         self.max_body = settings.max_upload_bytes + BODY_SLACK
         self._roles: dict[tuple[str | None, tuple[str, ...]], Role | None] = {}
+        self._upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
+        self.upload_wait_s = settings.upload_wait_s
 
     def _route_role(self, scope: Scope) -> tuple[bool, Role | None]:
         app = scope.get("app")
@@ -187,7 +203,11 @@ class EarlyGuardMiddleware:
             return resolve_principal(session, self.settings, token, oidc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in MUTATING or not scope["path"].startswith("/api/"):
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in MUTATING
+            or not scope["path"].startswith("/api/")
+        ):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -204,23 +224,49 @@ class EarlyGuardMiddleware:
                 try:
                     principal = await anyio.to_thread.run_sync(self._authenticate, scope, token.strip())
                     if ROLE_RANK[principal.role] < ROLE_RANK[needed]:
-                        raise Forbidden(f"this needs the {needed.value} role; your token has "
-                                        f"{principal.role.value}")
+                        raise Forbidden(
+                            f"this needs the {needed.value} role; your token has {principal.role.value}"
+                        )
                 except DomainError as exc:
                     await _respond(send, exc.status, exc.code, exc.message, close=True)
                     return
                 except DBAPIError as exc:
                     log.warning("database unavailable during authentication: %s", type(exc).__name__)
-                    await _respond(send, 503, "database_unavailable",
-                                   "the database is not reachable; try again shortly", close=True)
+                    await _respond(
+                        send,
+                        503,
+                        "database_unavailable",
+                        "the database is not reachable; try again shortly",
+                        close=True,
+                    )
                     return
                 scope.setdefault("state", {})["principal"] = principal
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _respond(send, 413, TooLarge.code,
-                           f"the request body is {length} bytes; the limit is {self.max_body}", close=True)
+            await _respond(
+                send,
+                413,
+                TooLarge.code,
+                f"the request body is {length} bytes; the limit is {self.max_body}",
+                close=True,
+            )
             return
-        await self._call_counting(scope, receive, send)
+        if not headers.get("content-type", "").startswith("multipart/"):
+            await self._call_counting(scope, receive, send)
+            return
+        # Uploads are CPU- and disk-bound and hold a database connection while they are validated: let a
+        # few run at once and keep the others waiting, unread, so reads stay fast under a burst.
+        try:
+            await asyncio.wait_for(self._upload_slots.acquire(), timeout=self.upload_wait_s)
+        except TimeoutError:
+            await _respond(
+                send, 503, "busy", "too many uploads in progress; retry shortly", close=True, retry_after=5
+            )
+            return
+        try:
+            await self._call_counting(scope, receive, send)
+        finally:
+            self._upload_slots.release()
 
     async def _call_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Count streamed body bytes; past the cap, stop reading and answer 413 instead."""
@@ -251,5 +297,10 @@ class EarlyGuardMiddleware:
         except _BodyTooLarge:
             pass
         if exceeded and not started:
-            await _respond(send, 413, TooLarge.code,
-                           f"the request body exceeds the limit of {self.max_body} bytes", close=True)
+            await _respond(
+                send,
+                413,
+                TooLarge.code,
+                f"the request body exceeds the limit of {self.max_body} bytes",
+                close=True,
+            )

@@ -77,7 +77,9 @@ class OidcValidator:
                 data = resp.json()
             return jwt.PyJWKSet.from_dict(data)
         except Exception as exc:  # noqa: BLE001 - any failure to get keys means "cannot check tokens now"
-            raise Unavailable(f"the identity provider's key set could not be loaded ({type(exc).__name__})") from exc
+            raise Unavailable(
+                f"the identity provider's key set could not be loaded ({type(exc).__name__})"
+            ) from exc
 
     def _keyset(self, refresh: bool = False) -> jwt.PyJWKSet:
         with self._lock:
@@ -105,9 +107,15 @@ class OidcValidator:
     def principal(self, token: str) -> Principal:
         key = self._key_for(token)
         try:
-            claims = jwt.decode(token, key, algorithms=self.algorithms, audience=self.audience,
-                                issuer=self.issuer, leeway=self.leeway,
-                                options={"require": ["exp", "iss", "aud"]})
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iss", "aud"]},
+            )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("this token has expired") from exc
         except jwt.PyJWTError as exc:

@@ -1,12 +1,13 @@
 """`dualseg scp`: a DICOM C-STORE SCP (pynetdicom) that turns received series into segmentation jobs.
 
 Instances are spooled per series on disk (``scp_spool_dir``/series/<SeriesInstanceUID>/). A series whose
-newest instance is older than ``scp_stable_s`` is *stable* (like Orthanc's OnStableSeries): it goes
-through the upload code path (``backend.pacs.ingest``: stage → validate → case → job, committed) and the
-job is sent to the inference queue. The spool is the state, so a restart loses nothing: series received
-before the restart are ingested once stable. Series that cannot become a case (not an image series,
-inconsistent slices, ...) are moved to ``failed/`` with the reason. Results go back by C-STORE to
-``scp_forward_*`` when configured (``backend.pacs.pushes``). C-ECHO is answered.
+newest instance is older than ``scp_stable_s``, and that no open association is still sending, is
+*stable* (like Orthanc's OnStableSeries): it goes through the upload code path (``backend.pacs.ingest``:
+stage → validate → case → job, committed) and the job is sent to the inference queue. The spool is the
+state, so a restart loses nothing: series received before the restart are ingested once stable. Series
+that cannot become a case (not an image series, inconsistent slices, ...) are moved to ``failed/`` with
+the reason. Results go back by C-STORE to ``scp_forward_*`` when configured (``backend.pacs.pushes``).
+C-ECHO is answered.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ ORIGIN = "origin.json"
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+#: a series still being sent on an open association is ingested anyway after this many stable periods
+OPEN_ASSOCIATION_CAP = 30
 
 
 def spool_root(settings: Settings) -> Path:
@@ -127,6 +130,10 @@ class StoreScp:
     spool: Spool = field(init=False)
     received: int = 0
     _retry_at: dict[str, float] = field(default_factory=dict)
+    #: series still receiving: association id -> series UIDs it stored (a series is not stable while an
+    #: association that sent it is open, however slow the sender is; capped by OPEN_ASSOCIATION_CAP)
+    _open: dict[int, set[str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.spool = Spool(spool_root(self.settings))
@@ -150,8 +157,19 @@ class StoreScp:
         except OSError as exc:
             log.error("C-STORE: cannot spool the instance (%s)", exc)
             return OUT_OF_RESOURCES
+        with self._lock:
+            self._open.setdefault(id(event.assoc), set()).add(series_uid)
         self.received += 1
         return SUCCESS
+
+    def handle_closed(self, event: Any) -> None:
+        """EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE: the association's series may become stable."""
+        with self._lock:
+            self._open.pop(id(event.assoc), None)
+
+    def receiving(self) -> set[str]:
+        with self._lock:
+            return set().union(*self._open.values()) if self._open else set()
 
     def handle_echo(self, event: Any) -> int:
         log.info("C-ECHO from %s", str(event.assoc.requestor.ae_title).strip())
@@ -161,8 +179,12 @@ class StoreScp:
     def ingest_stable(self, now: float | None = None) -> list[Ingested]:
         made: list[Ingested] = []
         clock = time.time() if now is None else now
+        busy = self.receiving()
+        capped = self.spool.stable(self.settings.scp_stable_s * OPEN_ASSOCIATION_CAP, now)
         for folder in self.spool.stable(self.settings.scp_stable_s, now):
             if self._retry_at.get(folder.name, 0.0) > clock:
+                continue
+            if folder.name in busy and folder not in capped:
                 continue
             files = sorted(folder.glob("*.dcm"))
             origin = self.spool.origin(folder) or {"origin": "scp", "series_uid": folder.name}
@@ -209,7 +231,9 @@ class StoreScp:
         from pynetdicom import evt
 
         ae = self.make_ae()
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo)]
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo),
+                    (evt.EVT_RELEASED, self.handle_closed), (evt.EVT_ABORTED, self.handle_closed),
+                    (evt.EVT_CONN_CLOSE, self.handle_closed)]
         server = ae.start_server((self.settings.scp_host, self.settings.scp_port), block=False,
                                  evt_handlers=handlers)
         log.info("DICOM SCP %s listening on %s:%d (stable after %.1f s)", self.settings.scp_ae_title,

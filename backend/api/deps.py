@@ -63,7 +63,8 @@ _bearer = HTTPBearer(auto_error=False, description="a token from `dualseg tokens
 MISSING_TOKEN = "send 'Authorization: Bearer <token>' (create one with: dualseg tokens create)"
 
 
-def resolve_principal(session: Session, settings: Settings, token: str, oidc: OidcValidator | None) -> Principal:
+def resolve_principal(session: Session, settings: Settings, token: str,
+                      oidc: OidcValidator | None) -> Principal:
     """A dualseg API token (``dsg_…``, checked against the database) or, when OIDC is configured, a JWT
     of the site's identity provider."""
     if oidc is not None and looks_like_jwt(token):

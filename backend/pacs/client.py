@@ -17,8 +17,6 @@ from typing import Any, TypeVar
 
 import requests
 from pydicom.dataset import Dataset
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from backend.config import Settings
 from backend.errors import Conflict, DomainError, NotFound, TooLarge
@@ -27,6 +25,7 @@ log = logging.getLogger("dualseg.pacs")
 
 T = TypeVar("T")
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+RETRY_ATTEMPTS, RETRY_WAIT_MS = 3, 500
 
 
 class PacsError(DomainError):
@@ -77,7 +76,7 @@ def dicomweb_configured(settings: Settings) -> bool:
 
 
 def make_session(settings: Settings) -> requests.Session:
-    """A requests session with the configured auth, TLS verification and retries on idempotent GETs."""
+    """A requests session with the configured auth and TLS verification."""
     session = requests.Session()
     if settings.pacs_auth == "basic":
         if not settings.pacs_username or settings.pacs_password is None:
@@ -89,11 +88,6 @@ def make_session(settings: Settings) -> requests.Session:
             raise PacsNotConfigured("DUALSEG_PACS_AUTH=bearer needs DUALSEG_PACS_TOKEN")
         session.headers["Authorization"] = f"Bearer {settings.pacs_token}"
     session.verify = str(settings.pacs_ca_bundle) if settings.pacs_ca_bundle else settings.pacs_verify_tls
-    retry = Retry(total=2, connect=2, read=1, backoff_factor=0.5, status_forcelist=(502, 503, 504),
-                  allowed_methods=frozenset({"GET"}), raise_on_status=False)
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
     return session
 
 
@@ -124,7 +118,11 @@ class PacsClient:
         self.session = make_session(settings)
         clients: dict[str, Any] = {}
         for root in {roots.qido, roots.wado, roots.stow}:
-            clients[root] = DICOMwebClient(url=root, session=self.session, timeout=settings.pacs_timeout_s)
+            client = DICOMwebClient(url=root, session=self.session, timeout=settings.pacs_timeout_s)
+            # a few quick retries (connection errors, 408/429/503/504); the tasks retry with back-off too
+            client.set_http_retry_params(max_attempts=RETRY_ATTEMPTS,
+                                         wait_exponential_multiplier=RETRY_WAIT_MS)
+            clients[root] = client
         self._qido, self._wado, self._stow = clients[roots.qido], clients[roots.wado], clients[roots.stow]
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ export class Viewer {
     this.view = "multi";
     this.tool = "navigate";
     this.label = 1;
-    this.heat = { visible: true, opacity: 0.6, min: 0.2 };
+    this.heat = { visible: true, opacity: 0.6, min: 0.3 };
     this.labels = { mode: "fill", opacity: 0.5 };
     this.penSize = 3;
     this.dirty = false;
@@ -42,7 +42,8 @@ export class Viewer {
       backColor: [0.06, 0.07, 0.09, 1],
       isColorbar: true,
       show3Dcrosshair: true,
-      crosshairColor: [0.25, 0.85, 1, 1],
+      crosshairColor: [0.25, 0.85, 1, 0.9],
+      crosshairWidth: 0.35,
       dragAndDropEnabled: false,
       multiplanarShowRender: SHOW_RENDER.ALWAYS,
       multiplanarEqualSize: true,
@@ -219,7 +220,7 @@ export class Viewer {
     const nv = this.nv;
     return {
       volumes: nv.volumes.map((v) => ({ name: v.name, colormap: v.colormap, opacity: v.opacity,
-                                        cal_min: v.cal_min, cal_max: v.cal_max, dims: Array.from(v.dims || []) })),
+                                        cal_min: v.cal_min, cal_max: v.cal_max, dims: Array.from(v.hdr.dims).slice(0, 4) })),
       crosshair: this.crosshair(),
       drawing: !!nv.drawBitmap,
       drawingEnabled: nv.opts.drawingEnabled,

@@ -45,32 +45,16 @@ SUMMARY_METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm")
 SCT_ANATOMY = {"code": "123037004", "scheme": "SCT", "meaning": "Anatomical Structure"}
 #: Known class names (lower case, "_" for spaces) -> SNOMED CT type code and meaning.
 SNOMED_TYPES: dict[str, tuple[str, str]] = {
-    "left_atrium": ("82471001", "Left atrium"),
-    "la": ("82471001", "Left atrium"),
-    "pancreas": ("15776009", "Pancreas"),
-    "liver": ("10200004", "Liver"),
-    "spleen": ("78961009", "Spleen"),
-    "heart": ("80891009", "Heart"),
-    "kidney": ("64033007", "Kidney"),
-    "brain": ("12738006", "Brain"),
+    "left_atrium": ("82471001", "Left atrium"), "la": ("82471001", "Left atrium"),
+    "pancreas": ("15776009", "Pancreas"), "liver": ("10200004", "Liver"), "spleen": ("78961009", "Spleen"),
+    "heart": ("80891009", "Heart"), "kidney": ("64033007", "Kidney"), "brain": ("12738006", "Brain"),
 }
 _GENERIC_TYPE = ("85756007", "Tissue")  # background and classes without a known code
-_PALETTE = [
-    (0, 0, 0),
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-]
-SYNTHETIC_NOTE = (
-    "Trained on synthetic phantoms only (models.data.phantoms): a demonstration model, "
-    "not validated on real images, not for clinical use."
-)
+_PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+SYNTHETIC_NOTE = ("Trained on synthetic phantoms only (models.data.phantoms): a demonstration model, "
+                  "not validated on real images, not for clinical use.")
+Loaded = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -80,7 +64,7 @@ class Item:
     on the case's original grid."""
 
     id: str
-    load: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = field(repr=False)
+    load: Callable[[], Loaded] = field(repr=False)
     source: str = ""
 
 
@@ -116,9 +100,8 @@ def load_dataset(path: str | Path) -> DatasetSource:
         return _msd_source(root)
     if (root / "train.list").is_file() or (root.parent / "train.list").is_file():
         return _la_source(root)
-    raise ValueError(
-        f"{root} is neither an MSD / nnU-Net folder (imagesTr/) nor an LA .h5 folder (train.list)"
-    )
+    raise ValueError(f"{root} is neither an MSD / nnU-Net folder (imagesTr/) nor an LA .h5 folder "
+                     "(train.list)")
 
 
 def _msd_source(root: Path) -> DatasetSource:
@@ -127,7 +110,7 @@ def _msd_source(root: Path) -> DatasetSource:
     ds = MSDDataset(root)
 
     def item(case: Any) -> Item:
-        def load() -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        def load() -> Loaded:
             image, label = ds.load(case)
             return _channels_first(image.array), image.affine, None if label is None else label.array
 
@@ -135,21 +118,17 @@ def _msd_source(root: Path) -> DatasetSource:
 
     name = str(ds.meta.get("name", root.name))
     return DatasetSource(
-        root=root,
-        kind="msd",
-        class_names=ds.class_names,
-        labeled=[item(c) for c in ds.labeled_cases],
+        root=root, kind="msd", class_names=ds.class_names, labeled=[item(c) for c in ds.labeled_cases],
         unlabeled=[item(c) for c in ds.unlabeled_cases],
         test=[item(c) for c in ds.test_cases if c.label_path is not None],
-        name=name,
-        synthetic=name == "DualsegPhantomLA",
+        name=name, synthetic=name == "DualsegPhantomLA",
     )
 
 
 def _la_source(root: Path) -> DatasetSource:
     def items(ds: LAH5Dataset) -> list[Item]:
         def make(i: int) -> Item:
-            def load() -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+            def load() -> Loaded:
                 image, label = ds[i]
                 return _channels_first(image.array), image.affine, label.array
 
@@ -159,30 +138,19 @@ def _la_source(root: Path) -> DatasetSource:
 
     train = LAH5Dataset(root, "train.list")
     has_test = (root / "test.list").is_file() or (root.parent / "test.list").is_file()
-    return DatasetSource(
-        root=root,
-        kind="la_h5",
-        class_names={0: "background", 1: "left_atrium"},
-        labeled=items(train),
-        unlabeled=[],
-        test=items(LAH5Dataset(root, "test.list")) if has_test else [],
-        name="LA",
-    )
+    return DatasetSource(root=root, kind="la_h5", class_names={0: "background", 1: "left_atrium"},
+                         labeled=items(train), unlabeled=[],
+                         test=items(LAH5Dataset(root, "test.list")) if has_test else [], name="LA")
 
 
 def items_from_pairs(pairs: Iterable[tuple[str | Path, str | Path]]) -> list[Item]:
     """``(image NIfTI, label NIfTI)`` paths -> :class:`Item` list (a held-out list for evaluation)."""
     out = []
     for image_path, label_path in pairs:
-
-        def load(
-            ip: Path = Path(image_path), lp: Path = Path(label_path)
-        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        def load(ip: Path = Path(image_path), lp: Path = Path(label_path)) -> Loaded:
             image, label = read_nifti(ip), read_label(lp)
             if label.array.shape != image.array.shape[:3]:
-                raise ValueError(
-                    f"{lp}: label shape {label.array.shape} != image shape {image.array.shape[:3]}"
-                )
+                raise ValueError(f"{lp}: label shape {label.array.shape} != image {image.array.shape[:3]}")
             return _channels_first(image.array), image.affine, label.array
 
         name = Path(image_path).name
@@ -198,21 +166,18 @@ def _bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[], N
         return
     from rich.progress import Progress
 
-    with Progress(transient=False) as progress:
+    with Progress() as progress:
         task = progress.add_task(description, total=total)
         yield lambda: progress.advance(task)
 
 
 def intensity_spec(config: TrainConfig) -> dict[str, Any]:
-    """The config's intensity settings as the transforms / card spec (:func:`validate_intensity_spec`)."""
+    """The config's intensity settings as a transforms / card spec (see ``validate_intensity_spec``)."""
     it = config.preprocessing.intensity
     if it.mode == "clip_zscore":
         assert it.clip_percentiles is not None
-        return {
-            "mode": "clip_zscore",
-            "lower_percentile": it.clip_percentiles[0],
-            "upper_percentile": it.clip_percentiles[1],
-        }
+        return {"mode": "clip_zscore", "lower_percentile": it.clip_percentiles[0],
+                "upper_percentile": it.clip_percentiles[1]}
     if it.mode == "ct_window":
         assert it.window is not None
         return {"mode": "ct_window", "lower": it.window[0], "upper": it.window[1], "output": "unit"}
@@ -221,11 +186,8 @@ def intensity_spec(config: TrainConfig) -> dict[str, Any]:
 
 def preprocessing_spec(config: TrainConfig) -> dict[str, Any]:
     """The card's ``preprocessing`` object for ``config``."""
-    return {
-        "spacing": [float(s) for s in config.preprocessing.spacing],
-        "orientation": config.preprocessing.orientation,
-        "intensity": intensity_spec(config),
-    }
+    return {"spacing": [float(s) for s in config.preprocessing.spacing],
+            "orientation": config.preprocessing.orientation, "intensity": intensity_spec(config)}
 
 
 @dataclass
@@ -247,13 +209,10 @@ def prepare_data(source: DatasetSource, config: TrainConfig, progress: bool = Tr
         raise ValueError(f"{source.root}: no labeled training case (labelsTr/ or train.list)")
     k = max(source.class_names) + 1
     if k != config.num_classes:
-        raise ValueError(
-            f"the dataset has {k} classes {source.class_names} but config {config.name!r} says "
-            f"num_classes={config.num_classes} (override with --set num_classes={k})"
-        )
-    n_lab = (
-        len(source.labeled) if config.num_labeled is None else min(config.num_labeled, len(source.labeled))
-    )
+        raise ValueError(f"the dataset has {k} classes {source.class_names} but config {config.name!r} says "
+                         f"num_classes={config.num_classes} (override with --set num_classes={k})")
+    n_all = len(source.labeled)
+    n_lab = n_all if config.num_labeled is None else min(config.num_labeled, n_all)
     spec = preprocessing_spec(config)
     data = PreparedData(source, spec, [], [], [], [])
     todo = [(it, i < n_lab) for i, it in enumerate(source.labeled)] + [(it, False) for it in source.unlabeled]
@@ -261,16 +220,12 @@ def prepare_data(source: DatasetSource, config: TrainConfig, progress: bool = Tr
         for it, use_label in todo:
             image, affine, label = it.load()
             if image.shape[0] != config.in_channels:
-                raise ValueError(
-                    f"case {it.id}: {image.shape[0]} channel(s), config says {config.in_channels}"
-                )
+                raise ValueError(f"case {it.id}: {image.shape[0]} channel(s), config: {config.in_channels}")
             x, record = preprocess(image, affine, spec)
             if use_label:
                 assert label is not None
                 if label.max(initial=0) >= config.num_classes:
-                    raise ValueError(
-                        f"case {it.id}: label value {label.max()} >= num_classes {config.num_classes}"
-                    )
+                    raise ValueError(f"case {it.id}: label {label.max()} >= num_classes {config.num_classes}")
                 data.labeled.append((x, preprocess_label(label, record)))
                 data.labeled_ids.append(it.id)
             else:
@@ -296,35 +251,18 @@ def class_entries(class_names: dict[int, str]) -> list[dict[str, Any]]:
     out = []
     for i in range(max(class_names) + 1):
         name = class_names.get(i, f"class_{i}")
-        code, meaning = (
-            _GENERIC_TYPE
-            if i == 0
-            else SNOMED_TYPES.get(re.sub(r"[\s-]+", "_", name.strip().lower()), _GENERIC_TYPE)
-        )
-        out.append(
-            {
-                "index": i,
-                "name": name,
-                "category": dict(SCT_ANATOMY),
-                "type": {"code": code, "scheme": "SCT", "meaning": meaning},
-                "color": list(_PALETTE[i % len(_PALETTE)]),
-            }
-        )
+        key = re.sub(r"[\s-]+", "_", name.strip().lower())
+        code, meaning = _GENERIC_TYPE if i == 0 else SNOMED_TYPES.get(key, _GENERIC_TYPE)
+        out.append({"index": i, "name": name, "category": dict(SCT_ANATOMY),
+                    "type": {"code": code, "scheme": "SCT", "meaning": meaning},
+                    "color": list(_PALETTE[i % len(_PALETTE)])})
     return out
 
 
 def train_prepared(
-    data: PreparedData,
-    config: TrainConfig,
-    out_dir: str | Path,
-    device: str | torch.device | None = "auto",
-    version: str | None = None,
-    progress: bool = True,
-    resume: bool = False,
-    parent_version: str | None = None,
-    use_unlabeled: bool = True,
-    keep_checkpoint: bool = False,
-    evaluate: bool = True,
+    data: PreparedData, config: TrainConfig, out_dir: str | Path, device: str | torch.device | None = "auto",
+    version: str | None = None, progress: bool = True, resume: bool = False,
+    parent_version: str | None = None, use_unlabeled: bool = True, keep_checkpoint: bool = False,
 ) -> Path:
     """Train on prepared arrays, evaluate on the source's test split, write the package; returns its folder.
 
@@ -340,63 +278,38 @@ def train_prepared(
     hooks = [RichProgressHook(f"training {version}")] if progress else []
     cfg = config if use_unlabeled else replace(config, batch_unlabeled=0)
     t0 = time.perf_counter()
-    net_a, net_b, summary = train_dual(
-        cfg,
-        data.labeled,
-        data.unlabeled if use_unlabeled else [],
-        dev,
-        out_dir=work,
-        hooks=hooks,
-        resume=resume,
-    )
-    wall = time.perf_counter() - t0
+    net_a, net_b, summary = train_dual(cfg, data.labeled, data.unlabeled if use_unlabeled else [], dev,
+                                       out_dir=work, hooks=hooks, resume=resume)
     src = data.source
     training = {
         "dataset": {"name": src.name, "format": src.kind, "path": str(src.root), "synthetic": src.synthetic},
-        "data": {
-            "labeled": summary["num_labeled"],
-            "unlabeled": summary["num_unlabeled"],
-            "labeled_available": len(src.labeled),
-            "test": len(src.test),
-            "labeled_ids": data.labeled_ids,
-        },
-        "config": summary["config"],
-        "iterations": summary["iterations"],
-        "seconds": round(summary["seconds"], 1),
-        "wall_seconds": round(wall, 1),
-        "device": summary["device"],
-        "amp": summary["amp"],
-        "torch_threads": torch.get_num_threads(),
-        "parameters": summary["parameters"],
-        "final_losses": summary["final_losses"],
+        "data": {"labeled": summary["num_labeled"], "unlabeled": summary["num_unlabeled"],
+                 "labeled_available": len(src.labeled), "test": len(src.test),
+                 "labeled_ids": data.labeled_ids},
+        "config": summary["config"], "iterations": summary["iterations"],
+        "seconds": round(summary["seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1),
+        "device": summary["device"], "amp": summary["amp"], "torch_threads": torch.get_num_threads(),
+        "parameters": summary["parameters"], "final_losses": summary["final_losses"],
         "stopped": summary["stopped"],
     }
     if src.synthetic:
         training["note"] = SYNTHETIC_NOTE
+    nets = config.networks
     card = ModelCard(
-        name=f"dualseg-{config.name}",
-        version=version,
-        architecture={
-            "in_channels": config.in_channels,
-            "num_classes": config.num_classes,
-            "net_a": {"name": config.networks.net_a.name, "width": config.networks.net_a.width},
-            "net_b": {"name": config.networks.net_b.name, "width": config.networks.net_b.width},
-        },
-        classes=class_entries(src.class_names),
-        preprocessing=data.spec,
-        patch_size=list(config.patch_size),
-        training=training,
-        metrics={},
-        parent_version=parent_version,
+        name=f"dualseg-{config.name}", version=version,
+        architecture={"in_channels": config.in_channels, "num_classes": config.num_classes,
+                      "net_a": {"name": nets.net_a.name, "width": nets.net_a.width},
+                      "net_b": {"name": nets.net_b.name, "width": nets.net_b.width}},
+        classes=class_entries(src.class_names), preprocessing=data.spec, patch_size=list(config.patch_size),
+        training=training, metrics={}, parent_version=parent_version,
     )
-    if evaluate and src.test:
+    if src.test:
         pkg = ModelPackage(card=card, net_a=net_a, net_b=net_b, path=out)
         report = evaluate_items(pkg, src.test, dev, progress=progress)
         (work / "evaluation.json").write_text(json.dumps(json_safe(report), indent=1) + "\n")
-        card.metrics = card_metrics(report)
-    elif evaluate:
+        card.metrics = json_safe(card_metrics(report))
+    else:
         card.metrics = {"note": "no labeled test split (labelsTs / test.list): not evaluated"}
-    card.metrics = json_safe(card.metrics)
     save_package(out, net_a, net_b, card)
     ckpt = work / "checkpoint.pt"
     if not keep_checkpoint and not summary["stopped"] and ckpt.exists():
@@ -405,15 +318,9 @@ def train_prepared(
 
 
 def train_from_dataset(
-    dataset_dir: str | Path,
-    config: TrainConfig,
-    out_dir: str | Path,
-    device: str | torch.device | None = "auto",
-    version: str | None = None,
-    progress: bool = True,
-    resume: bool = False,
-    parent_version: str | None = None,
-    keep_checkpoint: bool = False,
+    dataset_dir: str | Path, config: TrainConfig, out_dir: str | Path,
+    device: str | torch.device | None = "auto", version: str | None = None, progress: bool = True,
+    resume: bool = False, parent_version: str | None = None, keep_checkpoint: bool = False,
 ) -> Path:
     """Read + preprocess ``dataset_dir``, train, evaluate on its test split, write the package to ``out_dir``.
 
@@ -421,17 +328,8 @@ def train_from_dataset(
         The package folder (``out_dir``), holding ``model.json`` and ``weights.safetensors``.
     """
     data = prepare_data(load_dataset(dataset_dir), config, progress)
-    return train_prepared(
-        data,
-        config,
-        out_dir,
-        device,
-        version,
-        progress,
-        resume,
-        parent_version,
-        keep_checkpoint=keep_checkpoint,
-    )
+    return train_prepared(data, config, out_dir, device, version, progress, resume, parent_version,
+                          keep_checkpoint=keep_checkpoint)
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -453,17 +351,14 @@ def _as_package(package: str | Path | ModelPackage, device: torch.device) -> Mod
 
 
 def evaluate_items(
-    package: str | Path | ModelPackage,
-    items: Sequence[Item],
-    device: str | torch.device | None = "auto",
-    progress: bool = True,
-    on_prediction: Callable[[Item, Any, np.ndarray], None] | None = None,
+    package: str | Path | ModelPackage, items: Sequence[Item], device: str | torch.device | None = "auto",
+    progress: bool = True, on_prediction: Callable[[Item, Any, np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """Predict each item on its original grid and score it (per class, distances in mm).
 
     ``on_prediction(item, prediction, label)`` is called for every case (the benchmark uses it).
-    Returns ``{"version", "num_cases", "cases": [{"id", "seconds", "metrics": {class: {...}}}],
-    "aggregate": {class: {metric: {mean, std, min, max, n, n_nan}}}, "summary": {metric: mean over
+    Returns ``{"version", "num_cases", "cases": [{"id", "image", "seconds", "metrics": {class: {...}}}],
+    "aggregate": {class: {metric: {mean, std, min, max, n, n_nan}}}, "summary": {metric: mean over the
     foreground classes}}``.
     """
     from models.inference.predictor import Predictor
@@ -482,59 +377,38 @@ def evaluate_items(
             pred = predictor.predict(image if image.shape[0] > 1 else image[0], affine)
             scores = evaluate_case(pred.mask, label, voxel_spacing(affine), pkg.card.num_classes)
             raw.append(scores)
-            cases.append(
-                {
-                    "id": it.id,
-                    "image": it.source,
-                    "seconds": round(time.perf_counter() - t0, 2),
-                    "metrics": {names[c]: v for c, v in scores.items()},
-                }
-            )
+            cases.append({"id": it.id, "image": it.source, "seconds": round(time.perf_counter() - t0, 2),
+                          "metrics": {names[c]: v for c, v in scores.items()}})
             if on_prediction is not None:
                 on_prediction(it, pred, label)
             advance()
     agg = {names[c]: v for c, v in aggregate(raw).items()} if raw else {}
-    summary = {
-        m: float(np.nanmean([agg[c][m]["mean"] for c in agg])) if agg else math.nan for m in SUMMARY_METRICS
-    }
-    return {
-        "version": pkg.card.version,
-        "num_cases": len(cases),
-        "cases": cases,
-        "aggregate": agg,
-        "summary": summary,
-    }
+    summary = {m: float(np.nanmean([agg[c][m]["mean"] for c in agg])) if agg else math.nan
+               for m in SUMMARY_METRICS}
+    return {"version": pkg.card.version, "num_cases": len(cases), "cases": cases, "aggregate": agg,
+            "summary": summary}
 
 
 def card_metrics(report: dict[str, Any]) -> dict[str, Any]:
     """The card's ``metrics``: summary means at the top level, per-class statistics under ``per_class``."""
-    return {
-        **report["summary"],
-        "split": "test",
-        "num_cases": report["num_cases"],
-        "per_class": report["aggregate"],
-    }
+    return {**report["summary"], "split": "test", "num_cases": report["num_cases"],
+            "per_class": report["aggregate"]}
 
 
 def evaluate_package(
-    package: str | Path | ModelPackage,
-    data: str | Path | Sequence[tuple[str | Path, str | Path]],
-    device: str | torch.device | None = "auto",
-    progress: bool = True,
-    split: str = "test",
+    package: str | Path | ModelPackage, data: str | Path | Sequence[tuple[str | Path, str | Path]],
+    device: str | torch.device | None = "auto", progress: bool = True, split: str = "test",
 ) -> dict[str, Any]:
     """Evaluate a package on a dataset folder's labeled ``split`` (``"test"`` or ``"train"``) or on a list of
     ``(image, label)`` NIfTI paths. See :func:`evaluate_items` for the result."""
     if isinstance(data, (str, Path)):
-        source = load_dataset(data)
         if split not in ("test", "train"):
             raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+        source = load_dataset(data)
         items = source.test if split == "test" else source.labeled
         if not items:
-            raise ValueError(
-                f"{source.root}: no labeled {split} cases to evaluate "
-                f"({'imagesTs + labelsTs' if split == 'test' else 'labelsTr'})"
-            )
+            where = "imagesTs + labelsTs" if split == "test" else "labelsTr"
+            raise ValueError(f"{source.root}: no labeled {split} cases to evaluate ({where})")
     else:
         items = items_from_pairs(data)
         if not items:
@@ -543,10 +417,6 @@ def evaluate_package(
 
 
 # ---------------------------------------------------------------------------------------- prediction
-def _nifti_stem(path: Path) -> str:
-    return re.sub(r"\.nii(\.gz)?$", "", path.name)
-
-
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img = nib.Nifti1Image(array, affine)
     img.set_qform(affine, code=1)
@@ -558,18 +428,15 @@ def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def predict_file(
-    package: str | Path | ModelPackage,
-    input_path: str | Path,
-    out_dir: str | Path,
-    device: str | torch.device | None = "auto",
-    disagreement: bool = True,
+    package: str | Path | ModelPackage, input_path: str | Path, out_dir: str | Path,
+    device: str | torch.device | None = "auto", disagreement: bool = True,
     progress: Callable[[float], None] | None = None,
 ) -> dict[str, Path]:
-    """Segment one NIfTI file; outputs share the input's grid and affine.
+    """Segment one NIfTI file; every output has the input's grid and affine.
 
     Writes ``<stem>_mask.nii.gz`` (uint8), ``<stem>_entropy.nii.gz`` (float32 in [0, 1]),
     ``<stem>_regions.json`` and, with ``disagreement``, ``<stem>_disagreement.nii.gz`` (float32 0/1).
-    Returns ``{"mask", "entropy", "regions", ["disagreement"]}`` -> path.
+    Returns ``{"mask", "entropy", "regions"[, "disagreement"]}`` -> path.
     """
     from models.inference.predictor import Predictor
 
@@ -581,30 +448,22 @@ def predict_file(
     pred = Predictor(pkg, dev, disagreement=disagreement).predict(image, vol.affine, progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = _nifti_stem(src)
-    paths = {
-        "mask": out / f"{stem}_mask.nii.gz",
-        "entropy": out / f"{stem}_entropy.nii.gz",
-        "regions": out / f"{stem}_regions.json",
-    }
+    stem = re.sub(r"\.nii(\.gz)?$", "", src.name)
+    paths = {"mask": out / f"{stem}_mask.nii.gz", "entropy": out / f"{stem}_entropy.nii.gz",
+             "regions": out / f"{stem}_regions.json"}
     _write_nifti(pred.mask.astype(np.uint8), vol.affine, paths["mask"])
     _write_nifti(pred.entropy.astype(np.float32), vol.affine, paths["entropy"])
     if pred.disagreement is not None:
         paths["disagreement"] = out / f"{stem}_disagreement.nii.gz"
         _write_nifti(pred.disagreement.astype(np.float32), vol.affine, paths["disagreement"])
     card = pkg.card
+    counts = np.bincount(pred.mask.ravel(), minlength=card.num_classes)
     doc = {
-        "input": str(src),
+        "input": str(src), "shape": list(pred.mask.shape), "affine": vol.affine.tolist(),
         "model": {"name": card.name, "version": card.version, "content_hash": card.content_hash},
-        "shape": list(pred.mask.shape),
-        "affine": vol.affine.tolist(),
         "classes": {str(c["index"]): c["name"] for c in card.classes},
-        "voxels_per_class": {
-            str(c): int(n) for c, n in enumerate(np.bincount(pred.mask.ravel(), minlength=card.num_classes))
-        },
-        "mean_entropy": float(pred.entropy.mean()),
-        "timings": pred.timings,
-        "regions": pred.regions,
+        "voxels_per_class": {str(c): int(n) for c, n in enumerate(counts)},
+        "mean_entropy": float(pred.entropy.mean()), "timings": pred.timings, "regions": pred.regions,
     }
     tmp = paths["regions"].with_name(f".{paths['regions'].name}.part")
     tmp.write_text(json.dumps(json_safe(doc), indent=1) + "\n")

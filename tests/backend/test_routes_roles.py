@@ -108,7 +108,9 @@ def _call(client: TestClient, method: str, path: str, token: str | None) -> int:
 
 
 @pytest.mark.parametrize("route", sorted(ROLE_TABLE), ids=lambda r: f"{r[0]} {r[1]}")
-def test_route_role(env: tuple[TestClient, dict[str, str], list[tuple[str, str]]], route: tuple[str, str]) -> None:
+def test_route_role(
+    env: tuple[TestClient, dict[str, str], list[tuple[str, str]]], route: tuple[str, str]
+) -> None:
     client, tokens, routes = env
     if route not in routes:
         pytest.skip(f"{route} is in ROLE_TABLE but not mounted in this build")
@@ -131,10 +133,14 @@ def test_public_routes_need_no_token(env: tuple[TestClient, dict[str, str], list
         assert client.request(method, path).status_code == 200
 
 
-def test_token_routes_create_list_revoke(env: tuple[TestClient, dict[str, str], list[tuple[str, str]]]) -> None:
+def test_token_routes_create_list_revoke(
+    env: tuple[TestClient, dict[str, str], list[tuple[str, str]]],
+) -> None:
     client, tokens, _ = env
     admin = {"Authorization": f"Bearer {tokens['admin']}"}
-    r = client.post("/api/v1/tokens", json={"name": "scanner-1", "role": "viewer", "expires_days": 1}, headers=admin)
+    r = client.post(
+        "/api/v1/tokens", json={"name": "scanner-1", "role": "viewer", "expires_days": 1}, headers=admin
+    )
     assert r.status_code == 201, r.text
     created = r.json()
     new = {"Authorization": f"Bearer {created['token']}"}
@@ -150,8 +156,10 @@ def test_token_routes_create_list_revoke(env: tuple[TestClient, dict[str, str], 
     r = client.get("/api/v1/cases", headers=new)
     assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
     assert client.delete("/api/v1/tokens/nope", headers=admin).status_code == 404
-    actions = [e["action"] for e in client.get("/api/v1/audit", params={"resource_type": "token"},
-                                               headers=admin).json()["items"]]
+    actions = [
+        e["action"]
+        for e in client.get("/api/v1/audit", params={"resource_type": "token"}, headers=admin).json()["items"]
+    ]
     assert actions[:2] == ["token.revoke", "token.create"]
 
 

@@ -30,8 +30,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
 
 def _head(port: int, length: int | None, token: str | None, chunked: bool = False) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    lines = ["POST /api/v1/cases HTTP/1.1", f"Host: 127.0.0.1:{port}",
-             "Content-Type: multipart/form-data; boundary=xyz", "X-Request-ID: early-reject-test"]
+    lines = [
+        "POST /api/v1/cases HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Content-Type: multipart/form-data; boundary=xyz",
+        "X-Request-ID: early-reject-test",
+    ]
     if token:
         lines.append(f"Authorization: Bearer {token}")
     lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}")
@@ -78,8 +82,10 @@ def test_50mb_upload_refused_before_the_body_is_read(stack: LiveStack, who: str 
     sock.close()
     # the server closed the connection: far less than the 50 MB went anywhere (socket buffers only)
     assert accepted < BODY // 4, accepted
-    print(f"\n{who or 'anonymous'}: {status} after {elapsed * 1000:.1f} ms having sent {SENT_FIRST} of {BODY} "
-          f"bytes; the rest was refused after {accepted} more bytes (socket buffers)")
+    print(
+        f"\n{who or 'anonymous'}: {status} after {elapsed * 1000:.1f} ms having sent {SENT_FIRST} of {BODY} "
+        f"bytes; the rest was refused after {accepted} more bytes (socket buffers)"
+    )
 
 
 def test_content_length_over_the_cap_is_413_before_reading(stack: LiveStack) -> None:
@@ -91,8 +97,10 @@ def test_content_length_over_the_cap_is_413_before_reading(stack: LiveStack) -> 
 
 def test_chunked_body_over_the_cap_is_cut_off(stack: LiveStack) -> None:
     sock = _head(stack.port, None, stack.token("annotator"), chunked=True)
-    part = (b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="big.bin"\r\n'
-            b"Content-Type: application/octet-stream\r\n\r\n")
+    part = (
+        b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="big.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
     sock.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
     sent = 0
     chunk = b"\0" * 65536

@@ -35,8 +35,12 @@ def app(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
 
 def test_security_headers_everywhere(app: tuple[TestClient, dict[str, str]]) -> None:
     client, auth = app
-    for path, headers in (("/healthz", {}), ("/api/v1/cases", {"Authorization": auth["viewer"]}),
-                          ("/api/v1/cases", {}), ("/api/v1/nope", {"Authorization": auth["viewer"]})):
+    for path, headers in (
+        ("/healthz", {}),
+        ("/api/v1/cases", {"Authorization": auth["viewer"]}),
+        ("/api/v1/cases", {}),
+        ("/api/v1/nope", {"Authorization": auth["viewer"]}),
+    ):
         r = client.get(path, headers=headers)
         assert r.headers["x-content-type-options"] == "nosniff", path
         assert r.headers["x-frame-options"] == "DENY"
@@ -47,7 +51,9 @@ def test_security_headers_everywhere(app: tuple[TestClient, dict[str, str]]) -> 
             assert r.json()["error"]["message"] if r.status_code >= 400 else True
 
 
-def test_request_id_in_and_out(app: tuple[TestClient, dict[str, str]], caplog: pytest.LogCaptureFixture) -> None:
+def test_request_id_in_and_out(
+    app: tuple[TestClient, dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
     client, auth = app
     r = client.get("/healthz", headers={"X-Request-ID": "trace-abc.123"})
     assert r.headers["x-request-id"] == "trace-abc.123"
@@ -69,18 +75,25 @@ def test_cors_is_off_by_default_and_explicit_when_on(tmp_path: Path) -> None:
     pre = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     r = client.options("/api/v1/cases", headers=pre)
     assert "access-control-allow-origin" not in r.headers
-    r = client.get("/api/v1/cases", headers={"Origin": "https://evil.example", "Authorization": auth["viewer"]})
+    r = client.get(
+        "/api/v1/cases", headers={"Origin": "https://evil.example", "Authorization": auth["viewer"]}
+    )
     assert "access-control-allow-origin" not in r.headers
 
     client, auth = _setup(tmp_path / "b", cors_allowed_origins="https://viewer.example.org")
-    ok = {"Origin": "https://viewer.example.org", "Access-Control-Request-Method": "POST",
-          "Access-Control-Request-Headers": "authorization"}
+    ok = {
+        "Origin": "https://viewer.example.org",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
     r = client.options("/api/v1/cases", headers=ok)
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://viewer.example.org"
     assert "x-request-id" in r.headers  # preflights pass through the request-context middleware too
     r = client.options("/api/v1/cases", headers=pre)
     assert r.headers.get("access-control-allow-origin") != "https://evil.example"
-    r = client.get("/api/v1/cases", headers={"Origin": "https://viewer.example.org", "Authorization": auth["viewer"]})
+    r = client.get(
+        "/api/v1/cases", headers={"Origin": "https://viewer.example.org", "Authorization": auth["viewer"]}
+    )
     assert r.headers["access-control-allow-origin"] == "https://viewer.example.org"
     assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
 
@@ -88,16 +101,23 @@ def test_cors_is_off_by_default_and_explicit_when_on(tmp_path: Path) -> None:
 def test_size_cap_from_content_length_and_streamed(app: tuple[TestClient, dict[str, str]]) -> None:
     client, auth = app
     big = b"\0" * (4 * 1024 * 1024)  # cap: 2 MiB + 1 MiB of multipart slack
-    r = client.post("/api/v1/cases", headers={"Authorization": auth["annotator"]},
-                    files=[("files", ("big.nii.gz", big))], data={"segment": "false"})
+    r = client.post(
+        "/api/v1/cases",
+        headers={"Authorization": auth["annotator"]},
+        files=[("files", ("big.nii.gz", big))],
+        data={"segment": "false"},
+    )
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
 
     def chunks() -> Iterator[bytes]:
         for _ in range(8):
             yield b"--b\r\n" + b"\0" * (512 * 1024)
 
-    r = client.post("/api/v1/cases", content=chunks(),
-                    headers={"Authorization": auth["annotator"], "Content-Type": "multipart/form-data; boundary=b"})
+    r = client.post(
+        "/api/v1/cases",
+        content=chunks(),
+        headers={"Authorization": auth["annotator"], "Content-Type": "multipart/form-data; boundary=b"},
+    )
     assert r.status_code == 413, r.text
     # the cap applies after authentication: an anonymous giant is a 401, not a 413
     r = client.post("/api/v1/cases", files=[("files", ("big.nii.gz", big))])
@@ -109,7 +129,9 @@ def test_early_guard_refuses_before_the_route(app: tuple[TestClient, dict[str, s
     r = client.post("/api/v1/cases", files=[("files", ("a.nii.gz", b"x"))])
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert r.headers["connection"] == "close"
-    r = client.post("/api/v1/cases", headers={"Authorization": auth["viewer"]}, files=[("files", ("a.nii.gz", b"x"))])
+    r = client.post(
+        "/api/v1/cases", headers={"Authorization": auth["viewer"]}, files=[("files", ("a.nii.gz", b"x"))]
+    )
     assert r.status_code == 403 and "annotator" in r.json()["error"]["message"]
     r = client.delete("/api/v1/cases/x", headers={"Authorization": auth["annotator"]})
     assert r.status_code == 403 and "admin" in r.json()["error"]["message"]
@@ -124,7 +146,10 @@ def test_audit_trail_filters_and_pages(app: tuple[TestClient, dict[str, str]]) -
     client, auth = app
     admin = {"Authorization": auth["admin"]}
     for n in range(3):
-        assert client.post("/api/v1/tokens", json={"name": f"t{n}", "role": "viewer"}, headers=admin).status_code == 201
+        assert (
+            client.post("/api/v1/tokens", json={"name": f"t{n}", "role": "viewer"}, headers=admin).status_code
+            == 201
+        )
     page = client.get("/api/v1/audit", params={"limit": 2}, headers=admin).json()
     assert page["total"] == 3 and len(page["items"]) == 2 and page["items"][0]["action"] == "token.create"
     assert page["items"][0]["actor"] == "http-admin" and page["items"][0]["details"] == {"role": "viewer"}

@@ -41,8 +41,14 @@ def _jwks(*keys: tuple[str, rsa.RSAPrivateKey]) -> dict[str, Any]:
 
 def _token(key: rsa.RSAPrivateKey, kid: str = "k1", **claims: Any) -> str:
     now = int(time.time())
-    body: dict[str, Any] = {"iss": ISS, "aud": AUD, "sub": "u-123", "preferred_username": "dr.house",
-                            "iat": now, "exp": now + 300}
+    body: dict[str, Any] = {
+        "iss": ISS,
+        "aud": AUD,
+        "sub": "u-123",
+        "preferred_username": "dr.house",
+        "iat": now,
+        "exp": now + 300,
+    }
     body.update(claims)
     body = {k: v for k, v in body.items() if v is not None}
     return jwt.encode(body, key, algorithm="RS256", headers={"kid": kid})
@@ -54,8 +60,9 @@ def keys() -> dict[str, rsa.RSAPrivateKey]:
 
 
 def _client(tmp_path: Path, **settings: Any) -> TestClient:
-    s = Settings(data_dir=tmp_path, secret_key="oidc-secret-0123456789", oidc_issuer=ISS, oidc_audience=AUD,
-                 **settings)
+    s = Settings(
+        data_dir=tmp_path, secret_key="oidc-secret-0123456789", oidc_issuer=ISS, oidc_audience=AUD, **settings
+    )
     s.ensure_dirs()
     run_migrations(s.resolved_database_url)
     return TestClient(create_app(s))
@@ -65,8 +72,12 @@ def _client(tmp_path: Path, **settings: Any) -> TestClient:
 def client(tmp_path: Path, keys: dict[str, rsa.RSAPrivateKey]) -> TestClient:
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(_jwks(("k1", keys["good"]))))
-    return _client(tmp_path, oidc_jwks_file=jwks, oidc_role_claim="realm_access.roles",
-                   oidc_role_map="radiologists=annotator,pacs-admins=admin")
+    return _client(
+        tmp_path,
+        oidc_jwks_file=jwks,
+        oidc_role_claim="realm_access.roles",
+        oidc_role_map="radiologists=annotator,pacs-admins=admin",
+    )
 
 
 def _get(client: TestClient, token: str, path: str = "/api/v1/cases") -> Any:
@@ -77,24 +88,44 @@ def test_valid_tokens_get_their_role(client: TestClient, keys: dict[str, rsa.RSA
     viewer = _token(keys["good"], realm_access={"roles": ["offline_access", "viewer"]})
     assert _get(client, viewer).status_code == 200
     assert _get(client, viewer, "/api/v1/tokens").status_code == 403
-    r = client.post("/api/v1/cases", headers={"Authorization": f"Bearer {viewer}"},
-                    files=[("files", ("a.nii.gz", b"x"))])
+    r = client.post(
+        "/api/v1/cases", headers={"Authorization": f"Bearer {viewer}"}, files=[("files", ("a.nii.gz", b"x"))]
+    )
     assert r.status_code == 403  # refused by the early guard, before the body is parsed
     annotator = _token(keys["good"], realm_access={"roles": ["radiologists"]})
-    r = client.post("/api/v1/cases", headers={"Authorization": f"Bearer {annotator}"},
-                    files=[("files", ("a.nii.gz", b"not a nifti"))], data={"segment": "false"})
+    r = client.post(
+        "/api/v1/cases",
+        headers={"Authorization": f"Bearer {annotator}"},
+        files=[("files", ("a.nii.gz", b"not a nifti"))],
+        data={"segment": "false"},
+    )
     assert r.status_code == 422  # let through: the file itself is what is wrong
     admin = _token(keys["good"], realm_access={"roles": ["radiologists", "pacs-admins"]})
     assert _get(client, admin, "/api/v1/tokens").status_code == 200  # the highest role wins
-    r = client.post("/api/v1/tokens", json={"name": "from-oidc", "role": "viewer"},
-                    headers={"Authorization": f"Bearer {admin}"})
+    r = client.post(
+        "/api/v1/tokens",
+        json={"name": "from-oidc", "role": "viewer"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
     assert r.status_code == 201
     events = _get(client, admin, "/api/v1/audit").json()["items"]
     assert events[0]["actor"] == "oidc:dr.house"
 
 
-@pytest.mark.parametrize("case", ["wrong_audience", "wrong_issuer", "expired", "other_key", "unknown_kid",
-                                  "no_exp", "hs256", "garbage", "none_alg"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wrong_audience",
+        "wrong_issuer",
+        "expired",
+        "other_key",
+        "unknown_kid",
+        "no_exp",
+        "hs256",
+        "garbage",
+        "none_alg",
+    ],
+)
 def test_bad_tokens_are_401(client: TestClient, keys: dict[str, rsa.RSAPrivateKey], case: str) -> None:
     roles = {"realm_access": {"roles": ["admin"]}}
     token = {
@@ -104,16 +135,25 @@ def test_bad_tokens_are_401(client: TestClient, keys: dict[str, rsa.RSAPrivateKe
         "other_key": lambda: _token(keys["other"], **roles),
         "unknown_kid": lambda: _token(keys["good"], kid="k9", **roles),
         "no_exp": lambda: _token(keys["good"], exp=None, **roles),
-        "hs256": lambda: jwt.encode({"iss": ISS, "aud": AUD, "exp": int(time.time()) + 60, **roles}, "secret",
-                                    algorithm="HS256", headers={"kid": "k1"}),
+        "hs256": lambda: jwt.encode(
+            {"iss": ISS, "aud": AUD, "exp": int(time.time()) + 60, **roles},
+            "secret",
+            algorithm="HS256",
+            headers={"kid": "k1"},
+        ),
         "garbage": lambda: "eyJhbGciOiJSUzI1NiJ9.eyJmb28iOjF9.c2ln",
-        "none_alg": lambda: jwt.encode({"iss": ISS, "aud": AUD, "exp": int(time.time()) + 60, **roles}, None,
-                                       algorithm="none"),
+        "none_alg": lambda: jwt.encode(
+            {"iss": ISS, "aud": AUD, "exp": int(time.time()) + 60, **roles}, None, algorithm="none"
+        ),
     }[case]()
     r = _get(client, token)
     assert r.status_code == 401, (case, r.text)
-    assert client.post("/api/v1/tokens", json={"name": "x"},
-                       headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert (
+        client.post(
+            "/api/v1/tokens", json={"name": "x"}, headers={"Authorization": f"Bearer {token}"}
+        ).status_code
+        == 401
+    )
 
 
 def test_token_without_a_role_is_403(client: TestClient, keys: dict[str, rsa.RSAPrivateKey]) -> None:
@@ -154,8 +194,9 @@ def jwks_server(keys: dict[str, rsa.RSAPrivateKey]) -> Iterator[str]:
     server.shutdown()
 
 
-def test_jwks_from_url_cached_and_rotated(tmp_path: Path, keys: dict[str, rsa.RSAPrivateKey], jwks_server: str,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jwks_from_url_cached_and_rotated(
+    tmp_path: Path, keys: dict[str, rsa.RSAPrivateKey], jwks_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = _client(tmp_path, oidc_jwks_url=jwks_server)  # default claim: dualseg_role
     good = _token(keys["good"], dualseg_role="viewer")
     for _ in range(3):

@@ -16,7 +16,13 @@ import pytest
 from tests.corpus.make_corpus import ACCEPTED_SANITISED, Item, build_corpus, reference_image
 from tests.helpers import LiveStack, make_tiny_package
 
-ESCAPES = ("/tmp/dualseg-evil*", "/tmp/dualseg-abs*", "/tmp/dualseg-traversal*", "/etc/dualseg-*", "/dualseg-*")
+ESCAPES = (
+    "/tmp/dualseg-evil*",
+    "/tmp/dualseg-abs*",
+    "/tmp/dualseg-traversal*",
+    "/etc/dualseg-*",
+    "/dualseg-*",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +42,9 @@ def _state(stack: LiveStack, client: httpx.Client) -> dict[str, Any]:
     cases = root / "cases"
     return {
         "total": client.get("/api/v1/cases", params={"limit": 500}).json()["total"],
-        "incoming": sorted(p.name for p in (root / ".incoming").iterdir()) if (root / ".incoming").exists() else [],
+        "incoming": sorted(p.name for p in (root / ".incoming").iterdir())
+        if (root / ".incoming").exists()
+        else [],
         "case_dirs": sorted(p.name for p in cases.iterdir()) if cases.exists() else [],
         "escapes": sorted(f for pattern in ESCAPES for f in glob.glob(pattern)),
     }
@@ -54,8 +62,13 @@ def test_hostile_corpus_is_refused_cleanly(stack: LiveStack, tmp_path: Path) -> 
 
     image, affine = reference_image()
     with stack.client("annotator", timeout=120) as client:
-        ref = client.post("/api/v1/cases", data={"segment": "false"}, files=[(
-            "files", ("ref.nii.gz", write_nifti(tmp_path / "ref.nii.gz", image, affine).read_bytes()))])
+        ref = client.post(
+            "/api/v1/cases",
+            data={"segment": "false"},
+            files=[
+                ("files", ("ref.nii.gz", write_nifti(tmp_path / "ref.nii.gz", image, affine).read_bytes()))
+            ],
+        )
         assert ref.status_code == 202, ref.text
         case_id = ref.json()["case_id"]
         before = _state(stack, client)
@@ -72,7 +85,9 @@ def test_hostile_corpus_is_refused_cleanly(stack: LiveStack, tmp_path: Path) -> 
             except Exception:  # noqa: BLE001
                 message = ""
             if r.status_code >= 500 or r.status_code not in item.expect:
-                problems.append(f"{item.name}: HTTP {r.status_code} (expected one of {item.expect}): {r.text[:300]}")
+                problems.append(
+                    f"{item.name}: HTTP {r.status_code} (expected one of {item.expect}): {r.text[:300]}"
+                )
             if not r.headers.get("content-type", "").startswith("application/json") or not message:
                 problems.append(f"{item.name}: no JSON error message: {r.text[:200]}")
             after = _state(stack, client)

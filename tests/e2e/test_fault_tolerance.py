@@ -44,8 +44,18 @@ class ThrowawayPostgres:
         self.as_root = os.geteuid() == 0
         if self.as_root:
             shutil.chown(self.dir, "postgres", "postgres")
-        self._run(PG_BIN / "initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "--no-sync",
-                  "-E", "UTF8")
+        self._run(
+            PG_BIN / "initdb",
+            "-D",
+            str(self.dir / "data"),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *cmd: object) -> None:
@@ -55,9 +65,22 @@ class ThrowawayPostgres:
         subprocess.run(argv, check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
-        self._run(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-o", opts, "-l", self.dir / "log", "-w", "-t", "60",
-                  "start")
+        opts = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
+        )
+        self._run(
+            PG_BIN / "pg_ctl",
+            "-D",
+            self.dir / "data",
+            "-o",
+            opts,
+            "-l",
+            self.dir / "log",
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         self._run(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-m", "fast", "-w", "stop")
@@ -81,8 +104,22 @@ class ThrowawayRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -105,8 +142,13 @@ class ThrowawayRedis:
 
 def spawn(stack: LiveStack, name: str, *args: str) -> None:
     log = open(stack.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-    stack.procs[name] = subprocess.Popen([sys.executable, "-m", "backend.cli", *args], env=stack.env, cwd=ROOT,
-                                         stdout=log, stderr=subprocess.STDOUT)
+    stack.procs[name] = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", *args],
+        env=stack.env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def start_worker(stack: LiveStack, name: str = "worker") -> None:
@@ -126,12 +168,21 @@ def services() -> Iterator[tuple[ThrowawayPostgres, ThrowawayRedis]]:
 
 
 @pytest.fixture(scope="module")
-def stack(services: tuple[ThrowawayPostgres, ThrowawayRedis],
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+def stack(
+    services: tuple[ThrowawayPostgres, ThrowawayRedis], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveStack]:
     pg, redis = services
     tmp = tmp_path_factory.mktemp("faults")
-    s = LiveStack(tmp / "var", database_url=pg.url, broker_url=redis.url, extra_env={
-        "DUALSEG_JOB_LEASE_S": "5", "DUALSEG_SWEEP_INTERVAL_S": "2", "DUALSEG_JOB_QUEUED_GRACE_S": "6"})
+    s = LiveStack(
+        tmp / "var",
+        database_url=pg.url,
+        broker_url=redis.url,
+        extra_env={
+            "DUALSEG_JOB_LEASE_S": "5",
+            "DUALSEG_SWEEP_INTERVAL_S": "2",
+            "DUALSEG_JOB_QUEUED_GRACE_S": "6",
+        },
+    )
     pkg = make_tiny_package(tmp / "pkg", version="tiny-fault-1")
     out = s.cli("models", "import", str(pkg), "--activate")
     assert "imported tiny-fault-1" in out.stdout, out.stderr
@@ -171,12 +222,16 @@ def _case_files(stack: LiveStack, case_id: str) -> list[str]:
 
 def test_worker_sigkilled_mid_inference_is_swept_and_succeeds(stack: LiveStack, tmp_path: Path) -> None:
     with stack.client("admin") as client:
-        created = _upload(client, _nifti(tmp_path, (112, 112, 64), seed=11))  # ~several s of inference
+        created = _upload(client, _nifti(tmp_path, (48, 48, 32), seed=11))  # 12 windows: seconds of inference
         job_id = created["job_id"]
 
         def running() -> dict[str, Any] | None:
             job = client.get(f"/api/v1/jobs/{job_id}").json()
-            return job if job["state"] == "running" and job["stage"] == "inference" and job["progress"] > 5 else None
+            return (
+                job
+                if job["state"] == "running" and job["stage"] == "inference" and job["progress"] > 5
+                else None
+            )
 
         first = _wait(running, 120, f"job never ran: {stack.log_tail('worker')}")
         assert first["attempts"] == 1
@@ -199,34 +254,44 @@ def test_redis_restart_with_jobs_queued_all_complete(stack: LiveStack, services:
     _, redis = services
     with stack.client("admin") as client:
         stack.stop("worker")  # jobs stay queued in Redis
-        jobs = [_upload(client, _nifti(tmp_path, (40, 36, 24), seed=20 + n))["job_id"] for n in range(3)]
+        jobs = [_upload(client, _nifti(tmp_path, (32, 32, 16), seed=20 + n))["job_id"] for n in range(2)]
         redis.stop()
         # while Redis is down an upload is still accepted (the row is the truth; the sweeper re-sends)
-        jobs.append(_upload(client, _nifti(tmp_path, (40, 36, 24), seed=30))["job_id"])
+        jobs.append(_upload(client, _nifti(tmp_path, (32, 32, 16), seed=30))["job_id"])
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["broker"] != "ok"
         redis.start()
         start_worker(stack)
         done = [stack.wait_job(client, j, timeout=240) for j in jobs]
-        assert [d["state"] for d in done] == ["succeeded"] * 4, (done, stack.log_tail("beat"))
+        assert [d["state"] for d in done] == ["succeeded"] * 3, (done, stack.log_tail("beat"))
         assert client.get("/readyz").status_code == 200
 
 
 def _raw_upload_start(port: int, token: str, total: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     boundary = "kill-me"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.nii.gz"\r\n'
-            "Content-Type: application/gzip\r\n\r\n").encode()
-    sock.sendall((f"POST /api/v1/cases HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-                  f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {total}\r\n\r\n").encode()
-                 + head)
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.nii.gz"\r\n'
+        "Content-Type: application/gzip\r\n\r\n"
+    ).encode()
+    sock.sendall(
+        (
+            f"POST /api/v1/cases HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {total}\r\n\r\n"
+        ).encode()
+        + head
+    )
     return sock
 
 
-def test_api_killed_mid_upload_leaves_no_half_case(stack: LiveStack) -> None:
+def test_api_killed_mid_upload_leaves_no_half_case(stack: LiveStack, tmp_path: Path) -> None:
+    import threading
+
     data_dir = Path(stack.env["DUALSEG_DATA_DIR"])
+    incoming, cases_dir = data_dir / "artifacts" / ".incoming", data_dir / "artifacts" / "cases"
     with stack.client("admin") as client:
         before = client.get("/api/v1/cases", params={"limit": 500}).json()
+        # 1. killed while the body streams in: the spooled parts die with the process
         sock = _raw_upload_start(stack.port, stack.token("admin"), 40 * 1024 * 1024)
         for _ in range(80):  # 5 MiB of a 40 MiB body
             sock.sendall(b"\x1f" * 65536)
@@ -234,14 +299,38 @@ def test_api_killed_mid_upload_leaves_no_half_case(stack: LiveStack) -> None:
         stack.stop("api", sig=signal.SIGKILL)
         sock.close()
         stack.start("api")
+        assert client.get("/api/v1/cases", params={"limit": 500}).json()["total"] == before["total"]
+        assert list(incoming.iterdir()) == []
+
+        # 2. killed while the complete upload is validated and stored (staging + the case folder)
+        big = _nifti(tmp_path, (256, 256, 96), seed=50)
+        dirs_before = set(os.listdir(cases_dir))
+        thread = threading.Thread(target=lambda: _post_quietly(stack, big), daemon=True)
+        thread.start()
+        _wait(lambda: set(os.listdir(cases_dir)) - dirs_before, 120, "the API never started storing the case",
+              interval=0.01)
+        stack.stop("api", sig=signal.SIGKILL)
+        thread.join(30)
+        stack.start("api")
         after = client.get("/api/v1/cases", params={"limit": 500}).json()
-        assert after["total"] == before["total"]
-        assert list((data_dir / "artifacts" / ".incoming").iterdir()) == []
+        assert after["total"] == before["total"]  # no case row: the transaction never committed
+        # what the dead request left on disk is removed by the sweeper once it is orphan_max_age_s old
         ids = {c["case_id"] for c in after["items"]}
-        assert {p.name for p in (data_dir / "artifacts" / "cases").iterdir()} == ids
+        _wait(lambda: set(os.listdir(cases_dir)) == ids and not list(incoming.iterdir()), 60,
+              f"orphans stayed: {set(os.listdir(cases_dir)) - ids} {list(incoming.iterdir())}")
 
 
-def test_postgres_briefly_down_gives_503_and_recovers(stack: LiveStack, services: Any, tmp_path: Path) -> None:
+def _post_quietly(stack: LiveStack, data: bytes) -> None:
+    try:
+        with stack.client("admin", timeout=120) as c:
+            c.post("/api/v1/cases", files=[("files", ("big.nii.gz", data))])
+    except httpx.HTTPError:
+        pass  # the server was killed under it
+
+
+def test_postgres_briefly_down_gives_503_and_recovers(
+    stack: LiveStack, services: Any, tmp_path: Path
+) -> None:
     pg, _ = services
     with stack.client("viewer") as viewer, stack.client("admin") as admin:
         assert viewer.get("/api/v1/cases").status_code == 200
@@ -251,14 +340,16 @@ def test_postgres_briefly_down_gives_503_and_recovers(stack: LiveStack, services
             assert ready.status_code == 503 and ready.json()["checks"]["database"] != "ok"
             r = viewer.get("/api/v1/cases")
             assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
-            r = admin.post("/api/v1/cases", files=[("files", ("v.nii.gz", _nifti(tmp_path, (40, 36, 24), 41)))])
+            r = admin.post(
+                "/api/v1/cases", files=[("files", ("v.nii.gz", _nifti(tmp_path, (40, 36, 24), 41)))]
+            )
             assert r.status_code == 503, r.text
             assert viewer.get("/api/v1/jobs/whatever").status_code == 503
         finally:
             pg.start()
         _wait(lambda: viewer.get("/readyz").status_code == 200, 30, "readyz did not recover")
         assert viewer.get("/api/v1/cases").status_code == 200
-        created = _upload(admin, _nifti(tmp_path, (40, 36, 24), seed=42))
+        created = _upload(admin, _nifti(tmp_path, (32, 32, 16), seed=42))
         job = stack.wait_job(admin, created["job_id"], timeout=240)
         assert job["state"] == "succeeded", (job, stack.log_tail("worker"))  # worker recovered, not restarted
         assert stack.procs["api"].poll() is None and stack.procs["worker"].poll() is None

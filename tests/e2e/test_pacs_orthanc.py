@@ -1,9 +1,9 @@
 """PACS integration against a real Orthanc (Debian `orthanc` + `orthanc-dicomweb`), with real `dualseg api`,
 `dualseg worker --beat` and `dualseg scp` processes:
 
-- DICOMweb: STOW a phantom series into Orthanc, `POST /api/v1/pacs/segment`, the worker pulls it by WADO-RS,
-  segments it and STOWs the DICOM SEG and the entropy Parametric Map into the same study (read back by WADO-RS,
-  dciodvfy: 0 errors);
+- DICOMweb: STOW a phantom series into Orthanc, `POST /api/v1/pacs/segment`, the worker pulls it by
+  WADO-RS, segments it and STOWs the DICOM SEG and the entropy Parametric Map into the same study (read
+  back by WADO-RS, dciodvfy: 0 errors);
 - the Orthanc Lua hook (docker/orthanc/dualseg.lua): a stable CT series is segmented without any call from us;
 - DIMSE: `echoscu` is answered, `storescu` of a series creates and segments a case, results are forwarded by
   C-STORE to Orthanc; a calling AE title that is not allowed is refused;
@@ -41,7 +41,8 @@ from tests.helpers import (
 
 pytestmark = [
     pytest.mark.skipif(orthanc_binary() is None or dicomweb_plugin() is None,
-                       reason="Orthanc + DICOMweb plugin not installed (apt-get install orthanc orthanc-dicomweb)"),
+                       reason="Orthanc + DICOMweb plugin not installed "
+                              "(apt-get install orthanc orthanc-dicomweb)"),
     pytest.mark.slow,
 ]
 
@@ -62,8 +63,8 @@ class Env:
         return DICOMwebClient(self.orthanc.dicomweb)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {n}\n{self.stack.log_tail(n, 2500)}" for n in ("api", "worker-beat", "scp")) + \
-            f"\n--- orthanc\n{self.orthanc.log_tail(1500)}"
+        parts = [f"--- {n}\n{self.stack.log_tail(n, 2500)}" for n in ("api", "worker-beat", "scp")]
+        return "\n".join(parts) + f"\n--- orthanc\n{self.orthanc.log_tail(1500)}"
 
 
 def wait_for(what: str, fn: Callable[[], Any], env: Env, timeout: float = 90.0, every: float = 0.3) -> Any:
@@ -105,11 +106,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     stack.start("api", "worker-beat")
     stack.logs.mkdir(parents=True, exist_ok=True)
     log = open(stack.logs / "scp.log", "ab")  # noqa: SIM115 - closed with the process
-    stack.procs["scp"] = subprocess.Popen([sys.executable, "-m", "backend.cli", "scp"], env=stack.env, cwd=ROOT,
-                                          stdout=log, stderr=subprocess.STDOUT)
+    stack.procs["scp"] = subprocess.Popen([sys.executable, "-m", "backend.cli", "scp"], env=stack.env,
+                                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     e = Env(stack, orthanc, scp_port, tmp)
-    wait_for("the SCP", lambda: "listening" in e.stack.log_tail("scp") or "dualseg scp:" in e.stack.log_tail("scp"),
-             e, timeout=60)
+    wait_for("the SCP", lambda: "dualseg scp:" in e.stack.log_tail("scp"), e, timeout=60)
     yield e
     e.client.close()
     stack.stop()
@@ -118,8 +118,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 @pytest.fixture(scope="module")
 def phantom() -> tuple[np.ndarray, np.ndarray]:
-    image, _ = blob_volume((40, 36, 24), seed=5)
-    return (np.round(image * 2) / 2).astype(np.float32), oblique_affine()
+    # one 32×32×16 window of the tiny model at its 1 mm spacing: fast jobs
+    image, _ = blob_volume((32, 32, 16), seed=5)
+    return (np.round(image * 2) / 2).astype(np.float32), oblique_affine(spacing=(1.0, 1.0, 1.0))
 
 
 def stow_series(env: Env, folder: Path, image: np.ndarray, affine: np.ndarray, modality: str) -> list[Path]:
@@ -129,7 +130,8 @@ def stow_series(env: Env, folder: Path, image: np.ndarray, affine: np.ndarray, m
 
 
 def series_in_study(env: Env, study_uid: str, modality: str) -> list[str]:
-    items = env.dicomweb().search_for_series(study_instance_uid=study_uid, search_filters={"Modality": modality})
+    items = env.dicomweb().search_for_series(study_instance_uid=study_uid,
+                                             search_filters={"Modality": modality})
     return [str(i["0020000E"]["Value"][0]) for i in items]
 
 
@@ -176,7 +178,7 @@ def test_dicomweb_pull_segment_and_stow_seg_and_pm_into_the_study(env: Env, phan
     assert pull["state"] == "succeeded", pull
     case = env.client.get(f"/api/v1/cases/{pull['case_id']}").json()
     assert case["source_format"] == "dicom" and case["series_uid"] == series and case["study_uid"] == study
-    assert case["num_files"] == 24 and case["shape"] == [40, 36, 24]
+    assert case["num_files"] == 16 and case["shape"] == [32, 32, 16]
     wait_job_ok(env, pull["job_id"])
 
     # results arrive in the same study: one SEG series and one Parametric Map (Modality OT) series
@@ -202,8 +204,8 @@ def test_dicomweb_pull_of_an_unknown_series_fails_with_a_message(env: Env) -> No
     r = env.client.post("/api/v1/pacs/segment", json={"study_uid": "1.2.3.4", "series_uid": "1.2.3.4.5"})
     assert r.status_code == 202
     pull_url = r.json()["urls"]["pull"]
-    pull = wait_for("the pull", lambda: (p := env.client.get(pull_url).json())["state"] in ("succeeded", "failed")
-                    and p, env)
+    pull = wait_for("the pull", lambda: (p := env.client.get(pull_url).json())["state"]
+                    in ("succeeded", "failed") and p, env)
     assert pull["state"] == "failed" and pull["case_id"] is None
     assert "404" in pull["error"] or "no instance" in pull["error"]
     bad = env.client.post("/api/v1/pacs/segment", json={"study_uid": "1.2.x", "series_uid": "1.2.3"})
@@ -236,23 +238,35 @@ def test_scp_echo_store_segment_and_forward(env: Env, phantom: Any) -> None:
     assert refused.returncode != 0
 
     image, affine = phantom
-    files = write_dicom_series(env.tmp / "scp", image[:, :, :16], affine, modality="CT")
+    files = write_dicom_series(env.tmp / "scp", image[:, :, :12], affine, modality="CT")
     first = pydicom.dcmread(files[0])
     study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
     sent = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", SCP_AET, "127.0.0.1", port,
                            *map(str, files)], capture_output=True, text=True, timeout=60)
     assert sent.returncode == 0, sent.stderr
     case = wait_case(env, series, study)
-    assert case["num_files"] == 16 and case["shape"] == [40, 36, 16]
+    assert case["num_files"] == 12 and case["shape"] == [32, 32, 12], (case, env.logs())
     wait_job_ok(env, case["latest_job"]["job_id"])
     # results forwarded by C-STORE to the configured peer (Orthanc), into the same study
     seg_series = wait_for("the forwarded SEG", lambda: series_in_study(env, study, "SEG"), env)
-    assert len(series_in_study(env, study, "OT")) == 1
+    assert len(series_in_study(env, study, "OT")) == 1, env.logs()
     seg = retrieve_one(env, study, seg_series[0], env.tmp / "fwd-seg.dcm")
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
     # the received series is the case's source; nothing was left in the spool
     spool = Path(env.stack.env["DUALSEG_DATA_DIR"]) / "scp" / "series"
-    assert list(spool.iterdir()) == []
+    assert list(spool.iterdir()) == [], env.logs()
+
+
+def poll_in_process(env: Env) -> Any:
+    """``backend.pacs.imports.poll`` with the stack's settings (what `dualseg pacs poll` runs)."""
+    from backend.config import Settings
+    from backend.pacs.imports import poll
+    from backend.storage import ArtifactStore
+
+    values = {k[len("DUALSEG_"):].lower(): v for k, v in env.stack.env.items()
+              if k.startswith("DUALSEG_") and not k.startswith("DUALSEG_TEST_")}
+    settings = Settings.model_validate(values)
+    return poll(settings, ArtifactStore(settings.resolved_storage_dir))
 
 
 def _corrected_seg(env: Env, manufacturer: str, flip: tuple[slice, slice, slice]) -> tuple[Any, int]:
@@ -264,7 +278,8 @@ def _corrected_seg(env: Env, manufacturer: str, flip: tuple[slice, slice, slice]
     (env.tmp / "mask.nii.gz").write_bytes(r.content)
     import nibabel as nib
 
-    mask = np.asarray(nib.load(str(env.tmp / "mask.nii.gz")).dataobj).astype(np.uint8)
+    img: Any = nib.load(str(env.tmp / "mask.nii.gz"))
+    mask = np.asarray(img.dataobj).astype(np.uint8)
     corrected = mask.copy()
     corrected[flip] = 1 - corrected[flip]
     source = read_dicom_series([str(p) for p in env.shared["files"]]).dicom
@@ -298,12 +313,12 @@ def test_corrected_seg_in_orthanc_becomes_a_correction(env: Env) -> None:
     # the poll finds a SEG nobody told us about, once; our own outputs are never imported
     seg2, changed2 = _corrected_seg(env, "tests-viewer", (slice(2, 4), slice(2, 4), slice(1, 3)))
     env.dicomweb().store_instances([seg2])
-    out = env.stack.cli("pacs", "poll")
+    out = env.stack.cli("pacs", "poll")  # the command; the beat task runs the same function
     import json
 
     polled = json.loads(out.stdout)
     assert len(polled["imported"]) == 1 and polled["errors"] == [], (out.stdout, out.stderr)
-    assert json.loads(env.stack.cli("pacs", "poll").stdout)["imported"] == []
+    assert (polled_again := poll_in_process(env)).imported == [], (polled_again, env.logs())
     history = env.client.get(f"/api/v1/cases/{cid}/corrections").json()
     assert len(history) == 2 and {h["stats"]["voxels_changed"] for h in history} == {changed, changed2}
     assert {h["author"] for h in history} == {"tests-annotator", "pacs-poll"}
@@ -315,7 +330,8 @@ def test_correction_made_in_dualseg_is_pushed_as_semiautomatic_seg(env: Env, pha
     cid, study = env.shared["case_id"], env.shared["study"]
     import nibabel as nib
 
-    mask = np.asarray(nib.load(str(env.tmp / "mask.nii.gz")).dataobj).astype(np.uint8)
+    img: Any = nib.load(str(env.tmp / "mask.nii.gz"))
+    mask = np.asarray(img.dataobj).astype(np.uint8)
     mask[20:24, 20:24, 10:12] = 1
     path = write_nifti(env.tmp / "rest-corr.nii.gz", mask, phantom[1])
     r = env.client.put(f"/api/v1/cases/{cid}/correction", files={"file": ("c.nii.gz", path.read_bytes())})
@@ -325,7 +341,7 @@ def test_correction_made_in_dualseg_is_pushed_as_semiautomatic_seg(env: Env, pha
     push = wait_for("the correction push", lambda: (p := env.client.get(
         f"/api/v1/pacs/pushes/correction-{corr_id}")).status_code == 200 and p.json()["state"] in
         ("succeeded", "failed") and p.json(), env)
-    assert push["state"] == "succeeded", push
+    assert push["state"] == "succeeded", (push, env.logs())
     sop = push["sop_instance_uids"][0]
     seg_series = series_in_study(env, study, "SEG")
     found = None
@@ -333,22 +349,21 @@ def test_correction_made_in_dualseg_is_pushed_as_semiautomatic_seg(env: Env, pha
         for inst in env.dicomweb().search_for_instances(study_instance_uid=study, series_instance_uid=s):
             if inst["00080018"]["Value"][0] == sop:
                 found = s
-    assert found is not None
+    assert found is not None, (seg_series, sop, env.logs())
     ds = retrieve_one(env, study, found, env.tmp / "corr-seg.dcm")
     assert ds.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
     assert ds.SeriesDescription == "dualseg corrected segmentation"
     assert dciodvfy_errors(env.tmp / "corr-seg.dcm") == []
     # a pushed correction is ours: the poll does not import it back
-    import json
-
-    assert json.loads(env.stack.cli("pacs", "poll").stdout)["imported"] == []
+    assert (polled_again := poll_in_process(env)).imported == [], (polled_again, env.logs())
     # manual push of the result again (idempotent UIDs: Orthanc keeps one copy)
     r = env.client.post(f"/api/v1/pacs/cases/{cid}/push", json={"what": "result"})
     assert r.status_code == 202, r.text
-    again = wait_for("the manual push", lambda: (p := env.client.get(f"/api/v1/pacs/pushes/{r.json()['push_id']}")
-                                                 .json())["state"] in ("succeeded", "failed") and p, env)
-    assert again["state"] == "succeeded" and len(again["sop_instance_uids"]) == 2
-    assert len(series_in_study(env, study, "OT")) == 1
+    push_url = f"/api/v1/pacs/pushes/{r.json()['push_id']}"
+    again = wait_for("the manual push", lambda: (p := env.client.get(push_url).json())["state"]
+                     in ("succeeded", "failed") and p, env)
+    assert again["state"] == "succeeded" and len(again["sop_instance_uids"]) == 2, (again, env.logs())
+    assert len(series_in_study(env, study, "OT")) == 1, env.logs()
 
 
 def test_pacs_status_and_roles(env: Env) -> None:

@@ -36,16 +36,40 @@ class AuditPage(BaseModel):
 def list_audit(
     session: SessionDep,
     actor: Annotated[str | None, Query(max_length=128, description="token or identity name")] = None,
-    action: Annotated[str | None, Query(max_length=64, description="e.g. case.upload, or case.* for a family")] = None,
-    resource_type: Annotated[str | None, Query(max_length=32, description="case, job, model, token …")] = None,
+    action: Annotated[
+        str | None, Query(max_length=64, description="e.g. case.upload, or case.* for a family")
+    ] = None,
+    resource_type: Annotated[
+        str | None, Query(max_length=32, description="case, job, model, token …")
+    ] = None,
     resource_id: Annotated[str | None, Query(max_length=64)] = None,
     since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> AuditPage:
-    rows, total = audit.list_events(session, actor=actor, action=action, resource_type=resource_type,
-                                    resource_id=resource_id, since=since, until=until, limit=limit, offset=offset)
-    items = [AuditEventPublic(id=r.id, at=r.at, actor=r.actor, action=r.action, resource_type=r.resource_type,
-                              resource_id=r.resource_id, details=r.details or {}, client=r.client) for r in rows]
+    rows, total = audit.list_events(
+        session,
+        actor=actor,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+    )
+    items = [
+        AuditEventPublic(
+            id=r.id,
+            at=r.at,
+            actor=r.actor,
+            action=r.action,
+            resource_type=r.resource_type,
+            resource_id=r.resource_id,
+            details=r.details or {},
+            client=r.client,
+        )
+        for r in rows
+    ]
     return AuditPage(items=items, total=total, limit=limit, offset=offset)

@@ -12,8 +12,8 @@ from backend.api.presenters import case_public, case_urls, job_public
 from backend.broker import SEGMENT_TASK
 from backend.errors import BadInput, TooLarge
 from backend.schemas.cases import CaseCreated, CaseList, CasePublic, JobPublic, SegmentRequest
-from backend.services import cases as case_service
 from backend.services import audit, jobs, registry
+from backend.services import cases as case_service
 from backend.services.uploads import discard, stage_files
 
 router = APIRouter(prefix="/cases", tags=["cases"], dependencies=[Depends(require_role("viewer"))])
@@ -62,8 +62,9 @@ def create_case(
             job = jobs.create_job(session, new.case, settings.queue_inference, settings.job_max_attempts,
                                   model_version=version)
             jobs.mark_enqueued(session, job.id)
-        audit.record_request(session, request, "case.upload", "case", new.case.id, job_id=job.id if job else None,
-                             source_format=staged.kind, num_files=new.case.num_files, size_bytes=staged.total_bytes)
+        audit.record_request(session, request, "case.upload", "case", new.case.id,
+                             job_id=job.id if job else None, source_format=staged.kind,
+                             num_files=new.case.num_files, size_bytes=staged.total_bytes)
         session.commit()
     finally:
         discard(folder)
@@ -111,7 +112,8 @@ def resegment(case_id: str, request: Request, session: SessionDep, settings: Set
         raise BadInput("no model is active: import and promote one first (dualseg models import)")
     job = jobs.create_job(session, case, settings.queue_inference, settings.job_max_attempts, model_version=version)
     jobs.mark_enqueued(session, job.id)
-    audit.record_request(session, request, "case.segment", "case", case.id, job_id=job.id, model_version=version)
+    audit.record_request(session, request, "case.segment", "case", case.id, job_id=job.id,
+                         model_version=version)
     session.commit()
     send_job(celery, SEGMENT_TASK, job.id, job.queue)
     return JSONResponse(job_public(session, job).model_dump(mode="json"), status_code=202)

@@ -10,8 +10,8 @@ from backend.api.deps import AnnotatorDep, CeleryDep, SessionDep, SettingsDep, S
 from backend.broker import RETRAIN_TASK
 from backend.errors import BadInput, Conflict
 from backend.schemas.models import CorrectionPublic
-from backend.services import cases as case_service
 from backend.services import audit, corrections, training
+from backend.services import cases as case_service
 from backend.services.uploads import copy_stream, discard, safe_name
 from backend.tables import Correction
 

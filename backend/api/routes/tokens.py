@@ -18,8 +18,12 @@ router = APIRouter(prefix="/tokens", tags=["tokens"], dependencies=[Depends(requ
 
 
 class TokenCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[\w .@:+\-]+$",
-                      description="who or what uses it (a person's login or a system; no patient data)")
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[\w .@:+\-]+$",
+        description="who or what uses it (a person's login or a system; no patient data)",
+    )
     role: Literal["viewer", "annotator", "admin"] = "annotator"
     expires_days: float | None = Field(None, gt=0, le=3650, description="lifetime in days; default never")
 
@@ -40,15 +44,32 @@ class TokenCreated(TokenPublic):
 
 
 def _public(row: ApiToken) -> TokenPublic:
-    return TokenPublic(id=row.id, name=row.name, role=row.role.value, prefix=row.prefix, created_at=row.created_at,
-                       expires_at=row.expires_at, revoked_at=row.revoked_at, last_used_at=row.last_used_at)
+    return TokenPublic(
+        id=row.id,
+        name=row.name,
+        role=row.role.value,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=TokenCreated,
-             summary="Create a token; its value is returned once and only its hash is stored")
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TokenCreated,
+    summary="Create a token; its value is returned once and only its hash is stored",
+)
 def create(body: TokenCreate, request: Request, session: SessionDep, settings: SettingsDep) -> TokenCreated:
-    token, row = create_token(session, settings.secret_key, body.name, Role(body.role),
-                              timedelta(days=body.expires_days) if body.expires_days else None)
+    token, row = create_token(
+        session,
+        settings.secret_key,
+        body.name,
+        Role(body.role),
+        timedelta(days=body.expires_days) if body.expires_days else None,
+    )
     audit.record_request(session, request, "token.create", "token", row.id, role=body.role)
     return TokenCreated(**_public(row).model_dump(), token=token)
 

@@ -1,0 +1,325 @@
+"""Semi-supervised benchmark on the synthetic phantoms: does the dual-network method beat supervised-only?
+
+Setup: ``--cases`` training phantoms of which the first ``--labeled-fraction`` (default 10 %) keep their
+labels; the rest are unlabeled; the test split is the phantom set's ``imagesTs``/``labelsTs`` (never used
+for any choice). Every variant trains with the same config, iterations and seed:
+
+==================  =====================================================================================
+``supervised``      labeled part only, CE + Dice (every module off, no unlabeled data)
+``full``            the method: every module on, labeled + unlabeled
+``no_<module>``     the method with one module off (supervised_cr, cps_kl, entropy_filter, cosine,
+                    prototype)
+``fully_supervised`` every training label, CE + Dice only (upper bound)
+==================  =====================================================================================
+
+Reported on the test split, on each case's original grid (the real predictor): Dice, Jaccard, HD95 and ASD
+(mm, foreground class), and uncertainty quality: the AUROC of the normalised entropy as a score for
+*wrong* voxels (prediction != truth; all voxels of all test volumes pooled; ties get average ranks), and
+the share of wrong voxels inside the flagged uncertain regions (the predictor's region list: components
+of entropy >= 0.5, >= 10 voxels, top 20) and inside those regions' bounding boxes.
+
+Run (from the repository root)::
+
+    .venv/bin/python bench/ssl_phantoms.py                # default budget, appends to bench/RESULTS.md
+    .venv/bin/python bench/ssl_phantoms.py --quick        # smoke run (minutes), does not append
+
+The table, the command, the machine (``lscpu``) and the date are appended to ``bench/RESULTS.md``; the raw
+numbers go to ``<work>/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODULES = ("supervised_cr", "cps_kl", "entropy_filter", "cosine", "prototype")
+VARIANTS = ("supervised", "full", *(f"no_{m}" for m in MODULES), "fully_supervised")
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (Mann-Whitney U with average
+    ranks for ties), computed with numpy only. NaN when one class is empty."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(positive, dtype=bool).ravel()
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], s.size]  # tie group [start, end) gets the average of ranks start+1 .. end
+    group_rank = (starts + 1 + ends) / 2.0
+    ranks = np.empty(s.size, dtype=np.float64)
+    ranks[order] = np.repeat(group_rank, ends - starts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def flagged_masks(entropy: np.ndarray, regions: list[dict[str, Any]], threshold: float = 0.5
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(voxels of the listed regions, union of their bounding boxes)`` as boolean volumes."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(entropy >= threshold, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())
+    objects = ndimage.find_objects(labels)
+    key_to_id = {}
+    for i, box in enumerate(objects, start=1):
+        if box is not None:
+            key = (tuple(s.start for s in box), tuple(s.stop - 1 for s in box), int(sizes[i]))
+            key_to_id[key] = i
+    inside = np.zeros(entropy.shape, dtype=bool)
+    boxes = np.zeros(entropy.shape, dtype=bool)
+    for r in regions:
+        lo, hi = tuple(r["bbox_voxel"]["min"]), tuple(r["bbox_voxel"]["max"])
+        sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
+        boxes[sl] = True
+        lab = key_to_id.get((lo, hi, int(r["voxel_count"])))
+        if lab is not None:
+            inside[sl] |= labels[sl] == lab
+    return inside, boxes
+
+
+class UncertaintyStats:
+    """Collects entropy / wrong-voxel statistics over the test cases (``on_prediction`` callback)."""
+
+    def __init__(self) -> None:
+        self.scores: list[np.ndarray] = []
+        self.wrong: list[np.ndarray] = []
+        self.n_wrong = self.in_regions = self.in_boxes = 0
+        self.flagged_voxels = self.total_voxels = 0
+
+    def __call__(self, item: Any, pred: Any, label: np.ndarray) -> None:
+        wrong = pred.mask != label
+        self.scores.append(pred.entropy.astype(np.float32).ravel())
+        self.wrong.append(wrong.ravel())
+        inside, boxes = flagged_masks(pred.entropy, pred.regions)
+        self.n_wrong += int(wrong.sum())
+        self.in_regions += int((wrong & inside).sum())
+        self.in_boxes += int((wrong & boxes).sum())
+        self.flagged_voxels += int(inside.sum())
+        self.total_voxels += wrong.size
+
+    def result(self) -> dict[str, float]:
+        n = max(self.n_wrong, 1)
+        return {"entropy_auroc": auroc(np.concatenate(self.scores), np.concatenate(self.wrong)),
+                "wrong_in_regions": self.in_regions / n, "wrong_in_region_boxes": self.in_boxes / n,
+                "wrong_fraction": self.n_wrong / max(self.total_voxels, 1),
+                "flagged_fraction": self.flagged_voxels / max(self.total_voxels, 1)}
+
+
+def base_config(args: argparse.Namespace, num_labeled: int) -> Any:
+    """The shared config: the starter preset at the benchmark's budget (all values fixed a priori)."""
+    from models.training.config import load_config
+
+    it = args.iterations
+    return load_config("starter").with_overrides({
+        "name": "bench-ssl", "iterations": it, "num_labeled": num_labeled, "seed": args.seed,
+        "patch_size": args.patch, "checkpoint_every": 0, "log_every": 10,
+        "networks.net_a.width": args.width, "networks.net_b.width": args.width,
+        "batch_labeled": 2, "batch_unlabeled": 2,
+        "loss.w_u_rampup": max(it // 3, 1), "loss.lambda_c_rampup": max(it // 2, 1),
+    })
+
+
+def variant_config(base: Any, name: str) -> tuple[Any, bool, bool]:
+    """``(config, use_unlabeled, all_labels)`` of a variant."""
+    on = dict.fromkeys(MODULES, True)
+    if name in ("supervised", "fully_supervised"):
+        return base.with_overrides({"modules": dict.fromkeys(MODULES, False)}), False, name != "supervised"
+    if name.startswith("no_"):
+        on[name[3:]] = False
+    return base.with_overrides({"modules": on}), True, False
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        model = info.get("Model name", "?").strip()
+        cpus = info.get("CPU(s)", "?").strip()
+        return f"{model}, {cpus} CPU(s) (lscpu); {platform.system()} {platform.machine()}"
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+
+
+_ARRAYS: dict[str, Any] = {}  # worker-process copy of the preprocessed arrays (set by _init_worker)
+
+
+def _init_worker(arrays: dict[str, Any], threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _ARRAYS.update(arrays)
+
+
+def run_variant(name: str, args: argparse.Namespace, data_dir: Path, base_dict: dict[str, Any]
+                ) -> dict[str, Any]:
+    """Train one variant on the preprocessed arrays of :data:`_ARRAYS`, then score it on the test split."""
+    from models.training.config import TrainConfig
+    from models.training.pipeline import PreparedData, evaluate_items, load_dataset, train_prepared
+
+    source = load_dataset(data_dir)
+    base = TrainConfig.from_dict(base_dict)
+    n_lab = int(base.num_labeled or 1)
+    cfg, use_unlabeled, all_labels = variant_config(base, name)
+    lab, ids, unl = _ARRAYS["labeled"], _ARRAYS["labeled_ids"], _ARRAYS["unlabeled"]
+    if all_labels:
+        cfg = cfg.with_overrides({"num_labeled": None})
+    else:
+        lab, ids, unl = lab[:n_lab], ids[:n_lab], [x for x, _ in lab[n_lab:]] + unl
+    data = PreparedData(replace(source, test=[]), _ARRAYS["spec"], list(lab), list(ids), list(unl), [])
+    t1, c1 = time.perf_counter(), time.process_time()
+    pkg_dir = Path(args.work) / "runs" / name
+    train_prepared(data, cfg, pkg_dir, args.device, version=f"bench-{name}",
+                   progress=not args.no_progress and args.jobs == 1, use_unlabeled=use_unlabeled)
+    train_s, train_cpu = time.perf_counter() - t1, time.process_time() - c1
+    stats = UncertaintyStats()
+    report = evaluate_items(pkg_dir, source.test, args.device, progress=False, on_prediction=stats)
+    card = json.loads((pkg_dir / "model.json").read_text())
+    return {
+        **report["summary"], **stats.result(),
+        "dice_std": next(iter(report["aggregate"].values()))["dice"]["std"],
+        "labeled": card["training"]["data"]["labeled"],
+        "unlabeled": card["training"]["data"]["unlabeled"], "iterations": card["training"]["iterations"],
+        "train_seconds": train_s, "train_cpu_seconds": train_cpu,
+        "eval_seconds": time.perf_counter() - t1 - train_s,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Generate / reuse the phantoms, preprocess once, run every variant (``--jobs`` processes)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from models.data.phantoms import write_phantom_dataset
+    from models.training.pipeline import load_dataset, prepare_data
+
+    work = Path(args.work)
+    data_dir = work / f"phantoms_{args.cases}_s{args.data_seed}"
+    if not (data_dir / "dataset.json").is_file():
+        write_phantom_dataset(data_dir, args.cases, seed=args.data_seed)
+    source = load_dataset(data_dir)
+    n_lab = max(1, round(args.labeled_fraction * len(source.labeled)))
+    base = base_config(args, n_lab)
+    t0 = time.perf_counter()
+    all_data = prepare_data(source, base.with_overrides({"num_labeled": None}), progress=False)
+    arrays = {"labeled": all_data.labeled, "labeled_ids": all_data.labeled_ids,
+              "unlabeled": all_data.unlabeled, "spec": all_data.spec}
+    results: dict[str, Any] = {"prep_seconds": time.perf_counter() - t0, "num_labeled": n_lab,
+                               "config": base.to_dict(), "num_training": len(source.labeled),
+                               "num_test": len(source.test), "jobs": args.jobs, "variants": {}}
+    t_all = time.perf_counter()
+
+    def record(name: str, value: dict[str, Any]) -> None:
+        results["variants"][name] = value
+        print(json.dumps({name: value}), flush=True)
+        ordered = {n: results["variants"][n] for n in args.variants if n in results["variants"]}
+        results["variants"] = ordered
+        results["wall_seconds"] = time.perf_counter() - t_all
+        (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+    if args.jobs == 1:
+        _init_worker(arrays, args.threads)
+        for name in args.variants:
+            record(name, run_variant(name, args, data_dir, base.to_dict()))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(arrays, args.threads)) as pool:
+            futures = {pool.submit(run_variant, n, args, data_dir, base.to_dict()): n for n in args.variants}
+            for fut in futures:
+                record(futures[fut], fut.result())
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    head = ("| variant | labeled / unlabeled | Dice | Jaccard | HD95 (mm) | ASD (mm) | entropy AUROC (wrong) "
+            "| wrong in regions | wrong in region boxes | train min (CPU min) |")
+    rows = [head, "|" + " --- |" * 10]
+    for name, v in results["variants"].items():
+        rows.append(
+            f"| {name} | {v['labeled']} / {v['unlabeled']} | {v['dice']:.3f} ± {v['dice_std']:.3f} | "
+            f"{v['jaccard']:.3f} | {v['hd95_mm']:.2f} | {v['asd_mm']:.2f} | {v['entropy_auroc']:.3f} | "
+            f"{100 * v['wrong_in_regions']:.1f} % | {100 * v['wrong_in_region_boxes']:.1f} % | "
+            f"{v['train_seconds'] / 60:.1f} ({v['train_cpu_seconds'] / 60:.1f}) |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", type=int, default=40, help="training phantoms (test: 20 %% more)")
+    p.add_argument("--labeled-fraction", type=float, default=0.1)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--width", type=int, default=4, help="base width of both nets")
+    p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 32])
+    p.add_argument("--seed", type=int, default=1337, help="training seed (same for every variant)")
+    p.add_argument("--data-seed", type=int, default=0, help="phantom generator seed")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    p.add_argument("--jobs", type=int, default=1, help="variants trained in parallel processes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--work", default=str(ROOT / "var" / "bench" / "ssl_phantoms"))
+    p.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    p.add_argument("--quick", action="store_true", help="smoke run: 20 cases, 40 iterations, 32^3 patch, "
+                   "nothing appended to RESULTS.md")
+    p.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.cases, args.iterations, args.patch, args.no_append = 20, 40, [32, 32, 32], True
+        args.work = str(Path(args.work).with_name("ssl_phantoms_quick"))
+    started = datetime.now(UTC)
+    results = run(args)
+    md = table(results)
+    print(md)
+    if args.no_append:
+        return 0
+    full, sup = results["variants"].get("full"), results["variants"].get("supervised")
+    verdict = ""
+    if full and sup:
+        delta = full["dice"] - sup["dice"]
+        verdict = (f"\nFull method vs supervised-only on the labeled part: Dice {delta:+.3f} "
+                   f"({'better' if delta > 0 else 'not better'} at this budget).\n")
+    cfg = results["config"]
+    python = sys.executable.replace(str(ROOT) + "/", "")
+    command = " ".join(shlex.quote(a) for a in [python, "bench/ssl_phantoms.py", *sys.argv[1:]])
+    text = (
+        f"\n## Semi-supervised phantoms ({started:%Y-%m-%d %H:%M} UTC)\n\n"
+        f"- command: `{command}`\n"
+        f"- machine: {machine()}; {args.jobs} process(es) x {args.threads} torch thread(s); device "
+        f"{args.device}; wall time of all variants {results['wall_seconds'] / 60:.1f} min\n"
+        f"- data: {results['num_training']} training phantoms (seed {args.data_seed}), "
+        f"{results['num_labeled']} labeled ({100 * args.labeled_fraction:.0f} %), test split "
+        f"{results['num_test']} phantoms (never used for a choice)\n"
+        f"- training: {cfg['iterations']} iterations, seed {cfg['seed']}, batch {cfg['batch_labeled']} + "
+        f"{cfg['batch_unlabeled']}, patch {cfg['patch_size']} at {cfg['preprocessing']['spacing']} mm, "
+        f"widths {cfg['networks']['net_a']['width']}/{cfg['networks']['net_b']['width']}, lr "
+        f"{cfg['optimizer']['lr']} poly; w_u {cfg['loss']['w_u']} (ramp {cfg['loss']['w_u_rampup']}), "
+        f"lambda_c {cfg['loss']['lambda_c']} (ramp {cfg['loss']['lambda_c_rampup']}), "
+        f"q {cfg['loss']['q_start']}\n"
+        f"- metrics on the foreground class (left atrium), mean ± std over the test cases; distances in mm; "
+        f"uncertainty over all test voxels pooled\n\n{md}\n{verdict}"
+    )
+    with open(args.results, "a", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"appended to {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
