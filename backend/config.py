@@ -123,8 +123,11 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(
         4, ge=1, description="uploads (multipart requests) processed at once per API process; more wait "
         "(unread) for a slot, so reads stay fast and the database pool is not exhausted")
-    upload_wait_s: float = Field(
-        120.0, gt=0, description="an upload waiting longer than this for a slot is answered 503 (retry later)")
+    max_concurrent_requests: int = Field(
+        12, ge=1, description="/api requests served at once per API process (keep it below the database "
+        "pool of 15 connections); more wait for a slot")
+    request_wait_s: float = Field(
+        120.0, gt=0, description="a request or upload waiting longer than this for a slot is answered 503")
     orphan_max_age_s: int = Field(
         3600, gt=0, description="the sweeper removes upload folders and case folders without a database row "
         "(left by a killed API) once they are this old, seconds")

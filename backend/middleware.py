@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import uuid
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -169,8 +170,9 @@ class _BodyTooLarge(Exception):
 
 
 class EarlyGuardMiddleware:
-    """For POST/PUT/PATCH/DELETE under /api/: authenticate and authorise from the headers alone, then
-    enforce the body size cap, all before the route (and FastAPI's body parser) runs."""
+    """Under /api/: bounded concurrency for every request; for POST/PUT/PATCH/DELETE also
+    authentication and authorisation from the headers alone and the body size cap, all before the route
+    (and FastAPI's body parser) runs."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -178,7 +180,8 @@ class EarlyGuardMiddleware:
         self.max_body = settings.max_upload_bytes + BODY_SLACK
         self._roles: dict[tuple[str | None, tuple[str, ...]], Role | None] = {}
         self._upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
-        self.upload_wait_s = settings.upload_wait_s
+        self._request_slots = asyncio.Semaphore(settings.max_concurrent_requests)
+        self.wait_s = settings.request_wait_s
 
     def _route_role(self, scope: Scope) -> tuple[bool, Role | None]:
         app = scope.get("app")
@@ -203,70 +206,84 @@ class EarlyGuardMiddleware:
             return resolve_principal(session, self.settings, token, oidc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] not in MUTATING
-            or not scope["path"].startswith("/api/")
-        ):
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if self.settings.auth_enabled:
+        mutating = scope["method"] in MUTATING
+        needed: Role | None = None
+        token = ""
+        if mutating and self.settings.auth_enabled:
             matched, needed = self._route_role(scope)
-            if matched and needed is not None:
-                auth = headers.get("authorization", "")
-                scheme, _, token = auth.partition(" ")
-                if scheme.lower() != "bearer" or not token.strip():
-                    from backend.api.deps import MISSING_TOKEN
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            token = token.strip()
+            if needed is not None and (scheme.lower() != "bearer" or not token):
+                from backend.api.deps import MISSING_TOKEN
 
-                    await _respond(send, 401, Unauthorized.code, MISSING_TOKEN, close=True)
-                    return
+                await _respond(send, 401, Unauthorized.code, MISSING_TOKEN, close=True)
+                return
+        upload = mutating and headers.get("content-type", "").startswith("multipart/")
+        async with AsyncExitStack() as held:
+            # Uploads are CPU- and disk-bound and hold a database connection while they are validated:
+            # a few at once, the others wait unread. Every /api request then takes one of a bounded
+            # number of slots (below the database pool size), so a burst queues here, holding neither a
+            # thread nor a connection, instead of deadlocking the thread pool against the pool.
+            for slots, what in (
+                (self._upload_slots, "uploads") if upload else (None, ""),
+                (self._request_slots, "requests"),
+            ):
+                if slots is None:
+                    continue
                 try:
-                    principal = await anyio.to_thread.run_sync(self._authenticate, scope, token.strip())
-                    if ROLE_RANK[principal.role] < ROLE_RANK[needed]:
-                        raise Forbidden(
-                            f"this needs the {needed.value} role; your token has {principal.role.value}"
-                        )
-                except DomainError as exc:
-                    await _respond(send, exc.status, exc.code, exc.message, close=True)
-                    return
-                except DBAPIError as exc:
-                    log.warning("database unavailable during authentication: %s", type(exc).__name__)
+                    await asyncio.wait_for(slots.acquire(), timeout=self.wait_s)
+                except TimeoutError:
                     await _respond(
                         send,
                         503,
-                        "database_unavailable",
-                        "the database is not reachable; try again shortly",
+                        "busy",
+                        f"too many {what} in progress; retry shortly",
                         close=True,
+                        retry_after=5,
                     )
                     return
-                scope.setdefault("state", {})["principal"] = principal
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
+                held.callback(slots.release)
+            if not mutating:
+                await self.app(scope, receive, send)
+                return
+            if needed is not None and not await self._authorise(scope, send, token, needed):
+                return
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                await _respond(
+                    send,
+                    413,
+                    TooLarge.code,
+                    f"the request body is {length} bytes; the limit is {self.max_body}",
+                    close=True,
+                )
+                return
+            await self._call_counting(scope, receive, send)
+
+    async def _authorise(self, scope: Scope, send: Send, token: str, needed: Role) -> bool:
+        try:
+            principal = await anyio.to_thread.run_sync(self._authenticate, scope, token)
+            if ROLE_RANK[principal.role] < ROLE_RANK[needed]:
+                raise Forbidden(f"this needs the {needed.value} role; your token has {principal.role.value}")
+        except DomainError as exc:
+            await _respond(send, exc.status, exc.code, exc.message, close=True)
+            return False
+        except DBAPIError as exc:
+            log.warning("database unavailable during authentication: %s", type(exc).__name__)
             await _respond(
                 send,
-                413,
-                TooLarge.code,
-                f"the request body is {length} bytes; the limit is {self.max_body}",
+                503,
+                "database_unavailable",
+                "the database is not reachable; try again shortly",
                 close=True,
             )
-            return
-        if not headers.get("content-type", "").startswith("multipart/"):
-            await self._call_counting(scope, receive, send)
-            return
-        # Uploads are CPU- and disk-bound and hold a database connection while they are validated: let a
-        # few run at once and keep the others waiting, unread, so reads stay fast under a burst.
-        try:
-            await asyncio.wait_for(self._upload_slots.acquire(), timeout=self.upload_wait_s)
-        except TimeoutError:
-            await _respond(
-                send, 503, "busy", "too many uploads in progress; retry shortly", close=True, retry_after=5
-            )
-            return
-        try:
-            await self._call_counting(scope, receive, send)
-        finally:
-            self._upload_slots.release()
+            return False
+        scope.setdefault("state", {})["principal"] = principal
+        return True
 
     async def _call_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Count streamed body bytes; past the cap, stop reading and answer 413 instead."""

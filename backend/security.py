@@ -72,15 +72,15 @@ def authenticate(session: Session, secret: str, token: str) -> Principal:
 
 
 def _touch(session: Session, token_id: str, now: datetime) -> None:
-    """Record last use in its own short transaction (at most once a minute per token). Done in the
-    request's session, the write would hold SQLite's lock for the whole request and make concurrent
-    requests with the same token queue behind it (seen under load: 30 s waits, pool exhaustion)."""
+    """Record last use (at most once a minute per token) and commit at once: authentication is the
+    first thing a request does, so nothing else is in this transaction. Left pending, the write would
+    hold SQLite's lock for the whole request and queue every other request behind it; done on a second
+    connection, a burst of requests could take the whole pool and wait on itself (both seen under load)."""
     try:
-        with session.get_bind().connect() as conn:
-            conn.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
-            conn.commit()
+        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+        session.commit()
     except OperationalError:  # busy: last_used_at is informative only; never fail a request for it
-        pass
+        session.rollback()
 
 
 def require(principal: Principal, needed: Role) -> Principal:

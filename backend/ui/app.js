@@ -312,8 +312,6 @@ async function showCase(c, token) {
   if (!(await ensureViewer())) return;
   const urls = API.volumeUrls(c.case_id);
   const hasResult = c.artifacts.some((a) => a.kind === "mask_nifti");
-  $("#case-title").textContent = `${c.original_name || shortId(c.case_id)} · ${c.shape.join("×")}`
-    + (c.model_version ? ` · ${c.model_version}` : "");
   try {
     const [image, mask, entropy, regions, model] = await Promise.all([
       API.fetchBytes(urls.image),
@@ -415,6 +413,8 @@ function gotoCase(step) {
 
 function renderCaseInfo() {
   const c = state.case;
+  $("#case-title").textContent = `${c.original_name || shortId(c.case_id)} · ${c.shape.join("×")}`
+    + (c.model_version ? ` · ${c.model_version}` : "");
   const j = c.latest_job;
   const rows = [
     ["case", c.case_id], ["file", c.original_name || "–"], ["modality", c.modality || c.source_format],

@@ -195,6 +195,10 @@ def test_review_page_in_browser_region_paint_save(stack: LiveStack, case: dict[s
     if not UI_PACKAGE:
         assert "tiny-ui-1" in row.inner_text()
     assert "selected" in (row.get_attribute("class") or "")
+    with stack.client("annotator") as client:
+        listing = client.get("/api/v1/cases", params={"sort": "uncertainty"}).json()
+    api_order = [c["case_id"] for c in listing["items"]]
+    assert page.eval_on_selector_all("li.case", "els => els.map((e) => e.dataset.caseId)") == api_order
 
     # the heatmap is loaded in NiiVue, on the image's grid, with the server's values
     st = page.evaluate("window.dualseg.viewer.state()")
