@@ -17,7 +17,6 @@ import json
 import logging
 import re
 import uuid
-from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -223,7 +222,20 @@ class EarlyGuardMiddleware:
                 await _respond(send, 401, Unauthorized.code, MISSING_TOKEN, close=True)
                 return
         upload = mutating and headers.get("content-type", "").startswith("multipart/")
-        async with AsyncExitStack() as held:
+        held: list[asyncio.Semaphore] = []
+
+        def release() -> None:
+            while held:
+                held.pop().release()
+
+        async def send_releasing(message: Message) -> None:
+            # Once the answer starts, the work that needs a thread and a connection is over: a slow
+            # client reading a large download must not keep a slot.
+            if message["type"] == "http.response.start":
+                release()
+            await send(message)
+
+        try:
             # Uploads are CPU- and disk-bound and hold a database connection while they are validated:
             # a few at once, the others wait unread. Every /api request then takes one of a bounded
             # number of slots (below the database pool size), so a burst queues here, holding neither a
@@ -237,6 +249,7 @@ class EarlyGuardMiddleware:
                 try:
                     await asyncio.wait_for(slots.acquire(), timeout=self.wait_s)
                 except TimeoutError:
+                    release()
                     await _respond(
                         send,
                         503,
@@ -246,23 +259,25 @@ class EarlyGuardMiddleware:
                         retry_after=5,
                     )
                     return
-                held.callback(slots.release)
+                held.append(slots)
             if not mutating:
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, send_releasing)
                 return
-            if needed is not None and not await self._authorise(scope, send, token, needed):
+            if needed is not None and not await self._authorise(scope, send_releasing, token, needed):
                 return
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 await _respond(
-                    send,
+                    send_releasing,
                     413,
                     TooLarge.code,
                     f"the request body is {length} bytes; the limit is {self.max_body}",
                     close=True,
                 )
                 return
-            await self._call_counting(scope, receive, send)
+            await self._call_counting(scope, receive, send_releasing)
+        finally:
+            release()
 
     async def _authorise(self, scope: Scope, send: Send, token: str, needed: Role) -> bool:
         try:

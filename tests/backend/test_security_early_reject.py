@@ -139,3 +139,28 @@ def test_api_log_lines_carry_request_ids(stack: LiveStack) -> None:
     missing = [line for line in lines if "request_id=" not in line]
     assert not missing, missing[:5]
     del httpx
+
+
+def test_burst_of_concurrent_requests_is_served_not_deadlocked(stack: LiveStack) -> None:
+    """100 requests at once (more than the thread pool of 40 and the database pool of 15): before the
+    request slots, threads waiting for a connection starved the dependency teardowns that would free
+    one, and requests failed after the pool's 30 s timeout."""
+    import asyncio
+
+    import httpx
+
+    token = stack.token("viewer")
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(
+            base_url=stack.base, timeout=90, limits=limits, headers={"Authorization": f"Bearer {token}"}
+        ) as c:
+            rs = await asyncio.gather(*(c.get("/api/v1/cases", params={"limit": 1}) for _ in range(100)))
+        return [r.status_code for r in rs]
+
+    t0 = time.perf_counter()
+    statuses = asyncio.run(burst())
+    elapsed = time.perf_counter() - t0
+    assert statuses == [200] * 100, sorted(set(statuses))
+    assert elapsed < 25, elapsed

@@ -181,6 +181,7 @@ def stack(
             "DUALSEG_JOB_LEASE_S": "5",
             "DUALSEG_SWEEP_INTERVAL_S": "2",
             "DUALSEG_JOB_QUEUED_GRACE_S": "6",
+            "DUALSEG_ORPHAN_MAX_AGE_S": "3",  # the janitor part of the API-kill test
         },
     )
     pkg = make_tiny_package(tmp / "pkg", version="tiny-fault-1")
@@ -222,18 +223,18 @@ def _case_files(stack: LiveStack, case_id: str) -> list[str]:
 
 def test_worker_sigkilled_mid_inference_is_swept_and_succeeds(stack: LiveStack, tmp_path: Path) -> None:
     with stack.client("admin") as client:
-        created = _upload(client, _nifti(tmp_path, (48, 48, 32), seed=11))  # 12 windows: seconds of inference
+        created = _upload(client, _nifti(tmp_path, (64, 64, 48), seed=11))  # 75 windows: seconds of inference
         job_id = created["job_id"]
 
         def running() -> dict[str, Any] | None:
             job = client.get(f"/api/v1/jobs/{job_id}").json()
             return (
                 job
-                if job["state"] == "running" and job["stage"] == "inference" and job["progress"] > 5
+                if job["state"] == "running" and job["stage"] == "inference" and job["progress"] >= 5
                 else None
             )
 
-        first = _wait(running, 120, f"job never ran: {stack.log_tail('worker')}")
+        first = _wait(running, 120, "job never ran", interval=0.05)
         assert first["attempts"] == 1
         stack.stop("worker", sig=signal.SIGKILL)
         start_worker(stack)
@@ -304,6 +305,7 @@ def test_api_killed_mid_upload_leaves_no_half_case(stack: LiveStack, tmp_path: P
 
         # 2. killed while the complete upload is validated and stored (staging + the case folder)
         big = _nifti(tmp_path, (256, 256, 96), seed=50)
+        cases_dir.mkdir(parents=True, exist_ok=True)
         dirs_before = set(os.listdir(cases_dir))
         thread = threading.Thread(target=lambda: _post_quietly(stack, big), daemon=True)
         thread.start()
