@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,11 +42,11 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     get_settings.cache_clear()
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    name = f"dualseg_test_{uuid.uuid4().hex[:10]}"
+def create_database(prefix: str = "dualseg_test") -> tuple[str, Callable[[], None]]:
+    """A fresh PostgreSQL database: (URL, drop function). Skips (fails in CI) when PostgreSQL is down."""
+    import sqlalchemy
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT",
                                          connect_args={"connect_timeout": 3})
@@ -54,17 +54,26 @@ def postgres_url() -> Iterator[str]:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # noqa: BLE001
         _unavailable("PostgreSQL", exc)
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    from backend.db import get_engine
 
-    get_engine.cache_clear()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-        )
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.dispose()
+    def drop() -> None:
+        from backend.db import get_engine
+
+        get_engine.cache_clear()
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.dispose()
+
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    url, drop = create_database()
+    yield url
+    drop()
 
 
 @pytest.fixture

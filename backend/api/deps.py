@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from backend.broker import make_celery
 from backend.config import Settings
-from backend.db import session_factory
+from backend.db import session_scope
 from backend.errors import Unauthorized
 from backend.oidc import OidcValidator, looks_like_jwt
 from backend.security import ANONYMOUS_ADMIN, Principal, authenticate, require
@@ -30,15 +30,8 @@ def get_settings_dep(request: Request) -> Settings:
 
 def get_session(request: Request) -> Iterator[Session]:
     settings: Settings = request.app.state.settings
-    session = session_factory(settings.resolved_database_url)()
-    try:
+    with session_scope(settings.resolved_database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def get_store(request: Request) -> ArtifactStore:
@@ -74,7 +67,7 @@ def resolve_principal(session: Session, settings: Settings, token: str,
 
 def get_principal(
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    session: Annotated[Session, Depends(get_session, scope="function")],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     settings: Settings = request.app.state.settings
@@ -105,7 +98,10 @@ def require_role(role: str | Role):  # type: ignore[no-untyped-def]
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits when the route function returns, *before* the answer is sent.
+# With FastAPI's default ("request") it committed after the response: a client could read its own
+# DELETE as not done yet, and a failed commit came after a success had already been answered.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 ViewerDep = Annotated[Principal, Depends(require_role(Role.viewer))]

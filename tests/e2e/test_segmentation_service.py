@@ -26,30 +26,17 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     db = broker = None
     cleanup = None
     if request.param == "postgres_redis":
-        from tests.conftest import PG_ADMIN_URL, REDIS_URL
-
-        import sqlalchemy
         import redis as redis_lib
 
-        name = f"dualseg_e2e_{tmp.name[-8:].replace('-', '_')}"
-        try:
-            admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT",
-                                             connect_args={"connect_timeout": 3})
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-            redis_lib.Redis.from_url(REDIS_URL.rsplit("/", 1)[0] + "/14").flushdb()
-        except Exception as exc:  # noqa: BLE001
-            from tests.conftest import _unavailable
+        from tests.conftest import REDIS_URL, _unavailable, create_database
 
-            _unavailable("PostgreSQL/Redis", exc)
-        db = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        db, cleanup = create_database("dualseg_e2e")
         broker = REDIS_URL.rsplit("/", 1)[0] + "/14"
-
-        def cleanup() -> None:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname='{name}'")
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        try:
+            redis_lib.Redis.from_url(broker, socket_connect_timeout=2).flushdb()
+        except Exception as exc:  # noqa: BLE001
+            cleanup()
+            _unavailable("Redis", exc)
     s = LiveStack(tmp / "var", database_url=db, broker_url=broker)
     pkg = make_tiny_package(tmp / "pkg", version="tiny-e2e-1")
     out = s.cli("models", "import", str(pkg), "--activate")
