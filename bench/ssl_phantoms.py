@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", type=int, default=40, help="training phantoms (test: 20 %% more)")
     p.add_argument("--labeled-fraction", type=float, default=0.1)
-    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--width", type=int, default=4, help="base width of both nets")
     p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 32])
     p.add_argument("--seed", type=int, default=1337, help="training seed (same for every variant)")

@@ -164,3 +164,17 @@ def test_burst_of_concurrent_requests_is_served_not_deadlocked(stack: LiveStack)
     elapsed = time.perf_counter() - t0
     assert statuses == [200] * 100, sorted(set(statuses))
     assert elapsed < 25, elapsed
+
+
+def test_a_write_is_committed_before_its_answer(stack: LiveStack) -> None:
+    """A client that acts on an answer sees the change: the session commits before the response is
+    sent (FastAPI's default dependency scope committed after it, so a fresh token could be refused)."""
+    stack.token("admin")
+    with stack.client("admin") as admin:
+        for n in range(25):
+            r = admin.post("/api/v1/tokens", json={"name": f"race-{n}", "role": "viewer"})
+            assert r.status_code == 201
+            new = {"Authorization": f"Bearer {r.json()['token']}"}
+            assert admin.get("/api/v1/cases", headers=new).status_code == 200, n
+            assert admin.delete(f"/api/v1/tokens/{r.json()['id']}").status_code == 200
+            assert admin.get("/api/v1/cases", headers=new).status_code == 401, n
