@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import ROOT
 
 STARTER = ROOT / "models" / "assets" / "starter"
+pytestmark = pytest.mark.slow  # several subprocesses, each importing torch
 
 
 def dualseg(tmp_path: Path, *args: str, ok: bool = True, timeout: float = 600
