@@ -62,8 +62,8 @@ def _labels_from_nifti(path: Path, case: Case) -> np.ndarray:
 
 
 def _source_uids(settings: Settings, store: ArtifactStore, case: Case) -> tuple[list[str], str]:
-    from backend.services.dicom_outputs import source_for_case
     from backend.imaging.volume import DicomInfo
+    from backend.services.dicom_outputs import source_for_case
 
     src = source_for_case(settings, store, case)
     if isinstance(src, DicomInfo):

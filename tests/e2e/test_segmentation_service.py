@@ -17,7 +17,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.helpers import LiveStack, blob_volume, make_tiny_package, oblique_affine, write_dicom_series, write_nifti
+from tests.helpers import (
+    LiveStack,
+    blob_volume,
+    make_tiny_package,
+    oblique_affine,
+    write_dicom_series,
+    write_nifti,
+)
 
 
 @pytest.fixture(scope="module", params=["embedded", "postgres_redis"])

@@ -6,7 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, UploadFile
 
-from backend.api.deps import AnnotatorDep, CeleryDep, SessionDep, SettingsDep, StoreDep, require_role, send_job
+from backend.api.deps import (
+    AnnotatorDep,
+    CeleryDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    require_role,
+    send_job,
+)
 from backend.broker import RETRAIN_TASK
 from backend.errors import BadInput, Conflict
 from backend.schemas.models import CorrectionPublic
