@@ -260,7 +260,7 @@ def predict(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
 ) -> None:
     """Segment one volume: mask, entropy map, uncertain-region list (and disagreement), on its own grid."""
-    from models.training.pipeline import predict_file
+    from models.inference.files import predict_file
 
     _check_device(device)
     _set_threads(threads)

@@ -1,4 +1,4 @@
-"""From a dataset folder to a model package: read, preprocess, train, evaluate, package; and predict a file.
+"""From a dataset folder to a model package: read, preprocess, train, evaluate, package.
 
 Data (:func:`load_dataset`): an MSD / nnU-Net folder (``imagesTr``/``labelsTr``, optional ``imagesTs``/
 ``labelsTs``, ``imagesUnlabeled``; :class:`~models.data.msd.MSDDataset`) or the LA ``.h5`` set
@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -37,6 +36,7 @@ from models.data.readers import LAH5Dataset, read_label, read_nifti
 from models.data.transforms import preprocess, preprocess_label, voxel_spacing
 from models.metrics import aggregate, evaluate_case
 from models.package import ModelCard, ModelPackage, load_package, save_package
+from models.runtime import json_safe, resolve_device
 from models.training.api import train_dual
 from models.training.config import TrainConfig
 
@@ -236,16 +236,6 @@ def prepare_data(source: DatasetSource, config: TrainConfig, progress: bool = Tr
 
 
 # ------------------------------------------------------------------------------------------ training
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` / None -> CUDA when available else CPU; anything else as ``torch.device``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available (use --device cpu or auto)")
-    return dev
-
-
 def class_entries(class_names: dict[int, str]) -> list[dict[str, Any]]:
     """Card ``classes`` with SNOMED CT codes (known names; generic "Tissue" otherwise and for background)."""
     out = []
@@ -333,19 +323,6 @@ def train_from_dataset(
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-def json_safe(value: Any) -> Any:
-    """NaN / inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _as_package(package: str | Path | ModelPackage, device: torch.device) -> ModelPackage:
     return package if isinstance(package, ModelPackage) else load_package(package, device)
 
@@ -414,58 +391,3 @@ def evaluate_package(
         if not items:
             raise ValueError("no (image, label) pairs given")
     return evaluate_items(package, items, device, progress)
-
-
-# ---------------------------------------------------------------------------------------- prediction
-def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    tmp = path.with_name(f".{path.name}.part.nii.gz")
-    nib.save(img, str(tmp))
-    tmp.replace(path)
-
-
-def predict_file(
-    package: str | Path | ModelPackage, input_path: str | Path, out_dir: str | Path,
-    device: str | torch.device | None = "auto", disagreement: bool = True,
-    progress: Callable[[float], None] | None = None,
-) -> dict[str, Path]:
-    """Segment one NIfTI file; every output has the input's grid and affine.
-
-    Writes ``<stem>_mask.nii.gz`` (uint8), ``<stem>_entropy.nii.gz`` (float32 in [0, 1]),
-    ``<stem>_regions.json`` and, with ``disagreement``, ``<stem>_disagreement.nii.gz`` (float32 0/1).
-    Returns ``{"mask", "entropy", "regions"[, "disagreement"]}`` -> path.
-    """
-    from models.inference.predictor import Predictor
-
-    dev = resolve_device(device)
-    src = Path(input_path)
-    vol = read_nifti(src)
-    pkg = _as_package(package, dev)
-    image = vol.array if vol.array.ndim == 3 else np.moveaxis(vol.array, -1, 0)
-    pred = Predictor(pkg, dev, disagreement=disagreement).predict(image, vol.affine, progress)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"\.nii(\.gz)?$", "", src.name)
-    paths = {"mask": out / f"{stem}_mask.nii.gz", "entropy": out / f"{stem}_entropy.nii.gz",
-             "regions": out / f"{stem}_regions.json"}
-    _write_nifti(pred.mask.astype(np.uint8), vol.affine, paths["mask"])
-    _write_nifti(pred.entropy.astype(np.float32), vol.affine, paths["entropy"])
-    if pred.disagreement is not None:
-        paths["disagreement"] = out / f"{stem}_disagreement.nii.gz"
-        _write_nifti(pred.disagreement.astype(np.float32), vol.affine, paths["disagreement"])
-    card = pkg.card
-    counts = np.bincount(pred.mask.ravel(), minlength=card.num_classes)
-    doc = {
-        "input": str(src), "shape": list(pred.mask.shape), "affine": vol.affine.tolist(),
-        "model": {"name": card.name, "version": card.version, "content_hash": card.content_hash},
-        "classes": {str(c["index"]): c["name"] for c in card.classes},
-        "voxels_per_class": {str(c): int(n) for c, n in enumerate(counts)},
-        "mean_entropy": float(pred.entropy.mean()), "timings": pred.timings, "regions": pred.regions,
-    }
-    tmp = paths["regions"].with_name(f".{paths['regions'].name}.part")
-    tmp.write_text(json.dumps(json_safe(doc), indent=1) + "\n")
-    tmp.replace(paths["regions"])
-    return paths

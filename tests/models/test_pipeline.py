@@ -13,6 +13,7 @@ import torch
 
 from models.data.phantoms import write_phantom_dataset
 from models.data.transforms import validate_intensity_spec
+from models.inference.files import predict_file
 from models.metrics import METRIC_NAMES
 from models.package import load_package
 from models.training.config import load_config
@@ -21,7 +22,6 @@ from models.training.pipeline import (
     evaluate_package,
     intensity_spec,
     load_dataset,
-    predict_file,
     train_from_dataset,
 )
 
