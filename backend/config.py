@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         "pool of 15 connections); more wait for a slot")
     request_wait_s: float = Field(
         120.0, gt=0, description="a request or upload waiting longer than this for a slot is answered 503")
+    deidentify_on_ingest: bool = Field(
+        False, description="de-identify every input (uploads, PACS pulls, SCP series, DICOM SEG "
+        "corrections) before it is stored (DICOM: PS3.15 Basic Profile with Retain UIDs, PatientName/ID "
+        "replaced by a stable keyed pseudonym; NIfTI: header free text cleared); the original identifiers go "
+        "encrypted to an admin-only mapping (docs/security.md)")
     orphan_max_age_s: int = Field(
         3600, gt=0, description="the sweeper removes upload folders and case folders without a database row "
         "(left by a killed API) once they are this old, seconds")

@@ -98,6 +98,19 @@ class Case(Base):
     created_by: Mapped[str | None] = mapped_column(String(64))
 
     jobs: Mapped[list[Job]] = relationship(back_populates="case", cascade="all, delete-orphan")
+    identity: Mapped[CaseIdentity | None] = relationship(cascade="all, delete-orphan")
+
+
+class CaseIdentity(Base):
+    """The private mapping of a de-identified case: its pseudonym and the original identifiers,
+    encrypted (Fernet, key derived from the server secret). Read only through the admin endpoint."""
+
+    __tablename__ = "case_identities"
+
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(64), index=True)
+    identifiers: Mapped[str] = mapped_column(Text)  # Fernet token of a JSON object
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):

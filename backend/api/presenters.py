@@ -48,6 +48,7 @@ def case_public(session: Session, case: Case, job: Job | None = None, with_artif
         original_name=case.original_name, shape=list(case.shape), spacing=list(case.spacing),
         modality=case.modality, study_uid=case.study_uid, series_uid=case.series_uid,
         frame_of_reference_uid=case.frame_of_reference_uid, series_description=case.series_description,
+        pseudonym=(case.meta or {}).get("pseudonym"),
         sha256=case.sha256, size_bytes=case.size_bytes, num_files=case.num_files,
         model_version=case.model_version,
         uncertainty=UncertaintySummary(score=case.uncertainty_score, mean_entropy=case.mean_entropy,

@@ -62,6 +62,8 @@ class CasePublic(BaseModel):
     series_uid: str | None
     frame_of_reference_uid: str | None
     series_description: str | None
+    pseudonym: str | None = Field(None, description="the patient's pseudonym when the case was de-identified "
+                                  "on ingest (DUALSEG_DEIDENTIFY_ON_INGEST)")
     sha256: str
     size_bytes: int
     num_files: int
@@ -70,6 +72,17 @@ class CasePublic(BaseModel):
     latest_job: JobPublic | None
     artifacts: list[ArtifactPublic] = Field(default_factory=list)
     urls: dict[str, str]
+
+
+class CaseIdentityPublic(BaseModel):
+    """The original identifiers of a de-identified case (admin only; every read is audited)."""
+
+    case_id: str
+    pseudonym: str
+    identifiers: dict[str, str] = Field(
+        description="original DICOM attributes by keyword (PatientName, PatientID, PatientBirthDate, "
+        "AccessionNumber, …) as found in the upload")
+    created_at: datetime
 
 
 class CaseList(BaseModel):

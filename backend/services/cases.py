@@ -19,7 +19,9 @@ from backend.errors import BadInput, NotFound
 from backend.imaging.errors import ImagingError, MultipleSeriesError
 from backend.imaging.nifti import read_nifti, write_nifti
 from backend.imaging.volume import ImageVolume
-from backend.services.uploads import StagedUpload
+from backend.services import identity as identity_service
+from backend.services.identity import Identity
+from backend.services.uploads import NIFTI_SUFFIXES, StagedUpload
 from backend.storage import ArtifactStore
 from backend.tables import Case, Job, new_id
 
@@ -54,38 +56,69 @@ class NewCase:
     volume: ImageVolume
 
 
+def _kept_files(staged: StagedUpload, volume: ImageVolume) -> list[Path]:
+    """The files a case keeps: the chosen series' instances (DICOM) or the NIfTI file."""
+    if volume.dicom is not None and volume.dicom.paths:
+        return [Path(p) for p in volume.dicom.paths]
+    return list(staged.files)
+
+
+def _stored_name(n: int, path: Path, neutral: bool) -> str:
+    """``000007_<upload name>``; de-identified cases keep no upload file name (it may hold a name)."""
+    if not neutral:
+        return f"{n:06d}_{path.name.split('_', 1)[-1]}"
+    lower = path.name.lower()
+    return f"{n:06d}" + next((s for s in NIFTI_SUFFIXES[::-1] if lower.endswith(s)), ".dcm")
+
+
+def _store_sources(store: ArtifactStore, source_key: str, files: list[Path], neutral_names: bool) -> None:
+    source_dir = store.path(source_key)
+    source_dir.mkdir(parents=True, exist_ok=True)
+    for n, f in enumerate(files):
+        shutil.move(str(f), source_dir / _stored_name(n, f, neutral_names))
+
+
+def _case_row(case_id: str, staged: StagedUpload, volume: ImageVolume, num_files: int,
+              identity: Identity | None, deidentified: bool) -> Case:
+    prefix = case_prefix(case_id)
+    info = volume.dicom
+    meta: dict[str, Any] = {"sop_class_uid": info.sop_class_uid} if info else {}
+    if deidentified:
+        meta = {**meta, "deidentified": True, **({"pseudonym": identity.pseudonym} if identity else {})}
+    return Case(
+        id=case_id, source_format=staged.kind, original_name=None if deidentified else staged.original_name,
+        sha256=staged.sha256, size_bytes=staged.total_bytes, num_files=num_files,
+        image_key=f"{prefix}/{IMAGE_NAME}", source_key=f"{prefix}/source", shape=list(volume.shape),
+        spacing=[float(s) for s in volume.spacing], affine=np.asarray(volume.affine, dtype=float).tolist(),
+        modality=info.modality if info else None, study_uid=info.study_uid if info else None,
+        series_uid=info.series_uid if info else None,
+        frame_of_reference_uid=info.frame_of_reference_uid if info else None,
+        series_description=(info.series_description or None) if info and not deidentified else None,
+        meta=meta,
+    )
+
+
 def create_case(
     session: Session, settings: Settings, store: ArtifactStore, staged: StagedUpload,
     series_uid: str | None = None, created_by: str | None = None,
 ) -> NewCase:
-    """Validate, then store the canonical NIfTI copy and the source files, then add the row (not
-    committed). On any error the case folder is removed, so no half case is left behind."""
+    """Validate, de-identify when ``deidentify_on_ingest`` is on, then store the canonical NIfTI copy and
+    the source files, then add the row (not committed). On any error the case folder is removed, so no
+    half case is left behind."""
     volume = read_staged_volume(staged, settings, series_uid)
+    keep = _kept_files(staged, volume)
+    deidentified = settings.deidentify_on_ingest
+    identity = identity_service.deidentify_staged(settings, volume, keep) if deidentified else None
     case_id = new_id()
     prefix = case_prefix(case_id)
     try:
         store.write_with(f"{prefix}/{IMAGE_NAME}",
                          lambda tmp: write_nifti(tmp, volume.array, volume.affine, dtype=np.float32))
-        source_key = f"{prefix}/source"
-        source_dir = store.path(source_key)
-        source_dir.mkdir(parents=True, exist_ok=True)
-        keep = staged.files
-        if volume.dicom is not None and volume.dicom.paths:
-            keep = [Path(p) for p in volume.dicom.paths]
-        for n, f in enumerate(keep):
-            shutil.move(str(f), source_dir / f"{n:06d}_{f.name.split('_', 1)[-1]}")
-        info = volume.dicom
-        case = Case(
-            id=case_id, source_format=staged.kind, original_name=staged.original_name, sha256=staged.sha256,
-            size_bytes=staged.total_bytes, num_files=len(keep), image_key=f"{prefix}/{IMAGE_NAME}",
-            source_key=source_key, shape=list(volume.shape), spacing=[float(s) for s in volume.spacing],
-            affine=np.asarray(volume.affine, dtype=float).tolist(),
-            modality=info.modality if info else None, study_uid=info.study_uid if info else None,
-            series_uid=info.series_uid if info else None,
-            frame_of_reference_uid=info.frame_of_reference_uid if info else None,
-            series_description=(info.series_description or None) if info else None,
-            meta={"sop_class_uid": info.sop_class_uid} if info else {}, created_by=created_by,
-        )
+        case = _case_row(case_id, staged, volume, len(keep), identity, deidentified)
+        _store_sources(store, str(case.source_key), keep, neutral_names=deidentified)
+        case.created_by = created_by
+        if identity is not None:
+            case.identity = identity_service.mapping_row(settings, case_id, identity)
         session.add(case)
         session.flush()
     except BaseException:

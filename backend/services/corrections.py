@@ -17,7 +17,7 @@ from backend.config import Settings
 from backend.errors import BadInput
 from backend.imaging.nifti import write_nifti
 from backend.services import artifacts as art
-from backend.services import registry
+from backend.services import identity, registry
 from backend.storage import ArtifactStore, sha256_file
 from backend.tables import Case, Correction, Job, JobState, new_id
 
@@ -168,6 +168,8 @@ def create_correction(session: Session, settings: Settings, store: ArtifactStore
 
         regions = load_regions(store, art.get_artifact(session, job, "regions_json").key)
         stats.update(change_statistics(model, labels_u8, entropy, regions))
+    if fmt == "dicom-seg" and settings.deidentify_on_ingest:  # before anything is stored
+        identity.deidentify_correction(settings, case.meta or {}, path)
     cid = new_id()
     key = correction_key(case.id, cid)
     store.write_with(key, lambda p: write_nifti(p, labels_u8, np.asarray(case.affine), dtype=np.uint8))

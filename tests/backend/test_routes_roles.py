@@ -29,6 +29,7 @@ ROLE_TABLE: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/cases"): A,
     ("GET", "/api/v1/cases/{case_id}"): V,
     ("DELETE", "/api/v1/cases/{case_id}"): ADM,
+    ("GET", "/api/v1/cases/{case_id}/identity"): ADM,  # original patient identifiers of a de-identified case
     ("POST", "/api/v1/cases/{case_id}/segmentations"): A,
     ("GET", "/api/v1/cases/{case_id}/mask"): V,
     ("GET", "/api/v1/cases/{case_id}/uncertainty"): V,

@@ -11,8 +11,15 @@ from backend.api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, requi
 from backend.api.presenters import case_public, case_urls, job_public
 from backend.broker import SEGMENT_TASK
 from backend.errors import BadInput, TooLarge
-from backend.schemas.cases import CaseCreated, CaseList, CasePublic, JobPublic, SegmentRequest
-from backend.services import audit, jobs, registry
+from backend.schemas.cases import (
+    CaseCreated,
+    CaseIdentityPublic,
+    CaseList,
+    CasePublic,
+    JobPublic,
+    SegmentRequest,
+)
+from backend.services import audit, identity, jobs, registry
 from backend.services import cases as case_service
 from backend.services.uploads import discard, stage_files
 
@@ -64,7 +71,8 @@ def create_case(
             jobs.mark_enqueued(session, job.id)
         audit.record_request(session, request, "case.upload", "case", new.case.id,
                              job_id=job.id if job else None, source_format=staged.kind,
-                             num_files=new.case.num_files, size_bytes=staged.total_bytes)
+                             num_files=new.case.num_files, size_bytes=staged.total_bytes,
+                             deidentified=settings.deidentify_on_ingest)
         session.commit()
     finally:
         discard(folder)
@@ -100,6 +108,18 @@ def get_case(case_id: str, session: SessionDep) -> CasePublic:
 def delete_case(case_id: str, request: Request, session: SessionDep, store: StoreDep) -> None:
     case_service.delete_case(session, store, case_id)
     audit.record_request(session, request, "case.delete", "case", case_id)
+
+
+@router.get("/{case_id}/identity", response_model=CaseIdentityPublic, dependencies=ADMIN,
+            summary="The original patient identifiers of a de-identified case (admin; every read is audited)",
+            responses={404: {"description": "no such case, or the case was not de-identified"},
+                       409: {"description": "the mapping was encrypted under another secret key"}})
+def get_identity(case_id: str, request: Request, session: SessionDep,
+                 settings: SettingsDep) -> CaseIdentityPublic:
+    row, identifiers = identity.read_identity(session, settings, case_id)
+    audit.record_request(session, request, "case.identity_read", "case", case_id)
+    return CaseIdentityPublic(case_id=case_id, pseudonym=row.pseudonym, identifiers=identifiers,
+                              created_at=row.created_at)
 
 
 @router.post("/{case_id}/segmentations", status_code=202, response_model=JobPublic, dependencies=ANNOTATOR,
