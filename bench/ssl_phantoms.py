@@ -133,7 +133,18 @@ def base_config(args: argparse.Namespace, num_labeled: int) -> Any:
         "networks.net_a.width": args.width, "networks.net_b.width": args.width,
         "batch_labeled": 2, "batch_unlabeled": 2,
         "loss.w_u_rampup": max(it // 3, 1), "loss.lambda_c_rampup": max(it // 2, 1),
+        **dict(_parse_set(kv) for kv in args.set),
     })
+
+
+def _parse_set(text: str) -> tuple[str, Any]:
+    """``"loss.w_u=0.1"`` -> ``("loss.w_u", 0.1)`` (the value parsed as YAML: numbers, bools, lists)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set expects KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
 
 
 def variant_config(base: Any, name: str) -> tuple[Any, bool, bool]:
@@ -270,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1337, help="training seed (same for every variant)")
     p.add_argument("--data-seed", type=int, default=0, help="phantom generator seed")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every variant (dotted key, e.g. loss.w_u=0.1); repeatable")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     p.add_argument("--jobs", type=int, default=1, help="variants trained in parallel processes")
     p.add_argument("--device", default="cpu")

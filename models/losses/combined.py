@@ -8,7 +8,8 @@ Batch layout: both nets see the same batch of ``B_l + B_u`` crops; the first ``B
 - CCE (unlabeled part), weighted by ``w_u(t) = w_u · sigmoid_rampup(t, w_u_rampup)``:
   ``cps_n + kl_n`` (other net's hard pseudo-label, ``exp(-D)``-weighted CE + mean D),
   ``ef_n`` (entropy-filtered CE toward the joint pseudo-label on n's reliable voxels, q(t)-th
-  percentile, ``q`` linear from ``q_start`` to ``q_end`` over the run) and the shared ``cosine`` term.
+  percentile, ``q`` linear from ``q_start`` to ``q_end`` over the run; per pseudo-class with
+  ``classwise_q``) and the shared ``cosine`` term.
 - contrast (unlabeled part), weighted by ``λ_c(t) = lambda_c · sigmoid_rampup(t, lambda_c_rampup)``:
   prototype InfoNCE on net n's features, with the joint pseudo-label and n's reliability mask.
 
@@ -51,6 +52,7 @@ class LossConfig:
     lambda_c_rampup: int = 0
     q_start: float = 20.0
     q_end: float = 20.0
+    classwise_q: bool = False
     temperature: float = 0.1
     max_samples: int = 2048
     dice_eps: float = 1e-5
@@ -135,7 +137,8 @@ class DualNetLoss:
                     cce = cce + terms[f"cps_{n}"] + terms[f"kl_{n}"]
             if m.entropy_filter or m.prototype:
                 pseudo = joint_pseudo_label(pu["a"], pu["b"])
-                reliable = {n: reliable_mask(pu[n], sched["q"])[0] for n in ("a", "b")}
+                by_class = pseudo if c.classwise_q else None
+                reliable = {n: reliable_mask(pu[n], sched["q"], by_class)[0] for n in ("a", "b")}
                 for n in ("a", "b"):
                     if m.entropy_filter:
                         terms[f"ef_{n}"] = entropy_filtered_loss(lu[n], pseudo, reliable[n])

@@ -63,23 +63,41 @@ def percentile(values: torch.Tensor, q: float) -> torch.Tensor:
     return v_lo + (v_hi - v_lo) * (pos - lo)
 
 
-def reliable_mask(prob: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
+def reliable_mask(
+    prob: torch.Tensor, q: float, pseudo_label: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reliable voxels of one net: entropy at or below the q-th percentile of its entropies.
 
     The percentile is taken over every voxel of the batch given (the unlabeled batch). Ties at the
     threshold count as reliable, so a batch of equally certain voxels is not rejected wholesale.
 
+    With ``pseudo_label`` the percentile is taken **per pseudo-class** (class-wise adaptive masking):
+    each class keeps the q % most certain of *its own* voxels. A small foreground class (a few % of
+    the voxels, all of them less certain than the bulk of the background) then still has reliable
+    voxels, so the entropy-filtered loss and the prototype term see every class, not background only.
+
     Args:
         prob: softmax ``(B, K, *S)`` of one net.
         q: percentile in [0, 100] (paper: 20).
+        pseudo_label: optional ``(B, *S)`` int pseudo-classes for class-wise thresholds.
 
     Returns:
-        ``(mask (B, *S) bool, threshold 0-d)``, both detached.
+        ``(mask (B, *S) bool, threshold)``, both detached; ``threshold`` is 0-d, or ``(K,)`` per class
+        with class-wise thresholds (``nan`` for a class with no voxel).
     """
     with torch.no_grad():
         h = entropy(prob)
-        thr = percentile(h, q)
-        return h <= thr, thr
+        if pseudo_label is None:
+            thr = percentile(h, q)
+            return h <= thr, thr
+        labels = pseudo_label.long()
+        thresholds = torch.full((prob.shape[1],), float("nan"), device=h.device)
+        mask = torch.zeros_like(h, dtype=torch.bool)
+        for k in labels.unique().tolist():
+            in_k = labels == k
+            thresholds[k] = percentile(h[in_k], q)
+            mask |= in_k & (h <= thresholds[k])
+        return mask, thresholds
 
 
 def joint_pseudo_label(prob_a: torch.Tensor, prob_b: torch.Tensor) -> torch.Tensor:

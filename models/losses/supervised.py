@@ -61,8 +61,12 @@ def confident_disagreement_loss(
     Calling it with the roles swapped gives the other net's term, so each net is pulled toward the
     other one exactly where the other is the (only) confident one.
 
-    Value: ``Σ_{v ∈ M} Σ_c (p_s[c, v] - p_t[c, v])² / |M|`` (squared error summed over classes, mean
-    over the masked voxels); a grad-connected 0 when ``M`` is empty.
+    Value: ``Σ_{v ∈ M} Σ_c (p_s[c, v] - p_t[c, v])² / N`` (squared error summed over classes, summed
+    over the masked voxels and divided by the number ``N`` of *all* voxels of the batch, like CE and
+    Dice); a grad-connected 0 when ``M`` is empty. Dividing by ``|M|`` instead gives each of the few
+    masked voxels a weight far above the cross-entropy's per-voxel weight early in training, when
+    they are mostly emerging foreground that the other net still calls background: measured on the
+    phantom benchmark it held the foreground back (bench/RESULTS.md).
 
     Args:
         prob_student: softmax of the student ``(B, K, *S)``.
@@ -71,7 +75,4 @@ def confident_disagreement_loss(
     """
     mask = confident_disagreement_mask(prob_student, prob_teacher, threshold)
     sq = ((prob_student - prob_teacher.detach()) ** 2).sum(dim=1)  # (B, *S)
-    count = mask.sum()
-    if count == 0:
-        return prob_student.sum() * 0.0
-    return (sq * mask).sum() / count
+    return (sq * mask).sum() / mask.numel()

@@ -100,8 +100,9 @@ def test_confident_disagreement_masks_and_values() -> None:
     assert confident_disagreement_mask(pb, pa, 0.6).squeeze(0).tolist() == [0, 1, 0, 0, 0, 0]
     loss_a = confident_disagreement_loss(pa, pb, 0.6)
     loss_b = confident_disagreement_loss(pb, pa, 0.6)
-    assert float(loss_a) == pytest.approx((0.55 - 0.2) ** 2 + (0.45 - 0.8) ** 2, rel=1e-5)
-    assert float(loss_b) == pytest.approx((0.45 - 0.9) ** 2 + (0.55 - 0.1) ** 2, rel=1e-5)
+    # Squared error on the masked voxel, divided by all 6 voxels of the batch.
+    assert float(loss_a) == pytest.approx(((0.55 - 0.2) ** 2 + (0.45 - 0.8) ** 2) / 6, rel=1e-5)
+    assert float(loss_b) == pytest.approx(((0.45 - 0.9) ** 2 + (0.55 - 0.1) ** 2) / 6, rel=1e-5)
 
 
 def test_confident_disagreement_gradient_direction() -> None:
@@ -110,9 +111,9 @@ def test_confident_disagreement_gradient_direction() -> None:
     confident_disagreement_loss(pa, pb, 0.6).backward()
     assert pb.grad is None  # the confident other net is a detached target
     assert pa.grad is not None
-    # Only voxel v2 is pulled: d/dp (p - t)^2 = 2 (p - t).
+    # Only voxel v2 is pulled: d/dp (p - t)^2 / N = 2 (p - t) / N with N = 6 voxels.
     expected = np.zeros((2, 6))
-    expected[:, 2] = [2 * (0.55 - 0.2), 2 * (0.45 - 0.8)]
+    expected[:, 2] = [2 * (0.55 - 0.2) / 6, 2 * (0.45 - 0.8) / 6]
     assert np.allclose(pa.grad[0].numpy(), expected, atol=1e-6)
 
 
@@ -205,6 +206,21 @@ def test_percentile_masking_selects_lowest_entropy_voxels() -> None:
     assert float(thr) == pytest.approx(float(np.percentile(h, 20)), rel=1e-5)
     mask50, _ = reliable_mask(prob, 50.0)
     assert int(mask50.sum()) == 5 and bool(mask50[0, :5].all())
+
+
+def test_classwise_percentile_masking_keeps_the_small_class() -> None:
+    # Eight confident background voxels and four less certain foreground voxels.
+    conf = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92] + [0.80, 0.70, 0.65, 0.60]
+    prob = probs_tensor([[c, 1 - c] for c in conf[:8]] + [[1 - c, c] for c in conf[8:]])
+    pseudo = prob.argmax(dim=1)
+    glob, _ = reliable_mask(prob, 25.0)
+    # Global 25th percentile of 12 entropies: only background voxels are reliable.
+    assert glob[0].tolist() == [True, True, True] + [False] * 9
+    mask, thr = reliable_mask(prob, 25.0, pseudo)
+    # Class-wise: 25th percentile within each class -> two background and one foreground voxel.
+    assert mask[0].tolist() == [True, True] + [False] * 6 + [True, False, False, False]
+    h = [-(c * np.log(c) + (1 - c) * np.log(1 - c)) for c in conf]
+    assert thr.tolist() == pytest.approx([np.percentile(h[:8], 25), np.percentile(h[8:], 25)], rel=1e-5)
 
 
 def test_joint_pseudo_label_and_filtered_ce_hand_value() -> None:
