@@ -48,7 +48,8 @@ def make_celery(settings: Settings, name: str = "dualseg") -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue_inference,
-        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in (settings.queue_inference, settings.queue_training)],
+        task_queues=[Queue(q, Exchange(q), routing_key=q)
+                     for q in (settings.queue_inference, settings.queue_training)],
         task_routes={
             SEGMENT_TASK: {"queue": settings.queue_inference},
             SWEEP_TASK: {"queue": settings.queue_inference},

@@ -12,7 +12,8 @@ import typer
 from backend.cli import app, run_migrations
 from backend.config import get_settings
 
-models_app = typer.Typer(help="Model registry: list, import, export, promote, rollback.", no_args_is_help=True)
+models_app = typer.Typer(help="Model registry: list, import, export, promote, rollback.",
+                         no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
@@ -25,7 +26,9 @@ def _session():  # type: ignore[no-untyped-def]
 
 
 @models_app.command("list")
-def models_list(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
     """List registered model versions (newest first)."""
     from backend.services import registry
 

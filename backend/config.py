@@ -50,17 +50,25 @@ class Settings(BaseSettings):
     inference_amp: bool = Field(False, description="bf16/fp16 autocast in inference where supported")
     inference_overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
     retrain_cron: str = Field("0 2 * * *", description="cron of the scheduled retraining (beat)")
-    retrain_after_corrections: int = Field(0, ge=0, description="start a run after this many new corrections (0: off)")
+    retrain_after_corrections: int = Field(
+        0, ge=0, description="start a run after this many new corrections (0: off)")
     retrain_preset: str = Field("starter", description="training config preset used when a run names none")
-    retrain_iterations: int | None = Field(None, ge=1, description="iterations of a run (default: the preset's)")
-    retrain_val_percent: int = Field(20, ge=1, le=90, description="share of corrected cases held out for validation "
-                                     "(fixed by a hash of the case id)")
-    retrain_min_labeled: int = Field(1, ge=1, description="labeled training cases needed, else the run is skipped")
-    retrain_seed_dataset: Path | None = Field(None, description="optional MSD-layout folder of extra labeled cases")
+    retrain_iterations: int | None = Field(
+        None, ge=1, description="iterations of a run (default: the preset's)")
+    retrain_val_percent: int = Field(
+        20, ge=1, le=90, description="share of corrected cases held out for validation "
+        "(fixed by a hash of the case id)")
+    retrain_min_labeled: int = Field(
+        1, ge=1, description="labeled training cases needed, else the run is skipped")
+    retrain_seed_dataset: Path | None = Field(
+        None, description="optional MSD-layout folder of extra labeled cases")
     retrain_auto_promote: bool = Field(True, description="promote a candidate that passes the gate")
-    retrain_gate_dice_tol: float = Field(0.005, ge=0, description="candidate Dice may be this much below the active's")
-    retrain_gate_hd95_tol_mm: float = Field(0.0, ge=0, description="candidate HD95 may be this much above the active's")
-    training_lease_s: int = Field(900, gt=0, description="a running training run silent this long is resumed elsewhere")
+    retrain_gate_dice_tol: float = Field(
+        0.005, ge=0, description="candidate Dice may be this much below the active's")
+    retrain_gate_hd95_tol_mm: float = Field(
+        0.0, ge=0, description="candidate HD95 may be this much above the active's")
+    training_lease_s: int = Field(
+        900, gt=0, description="a running training run silent this long is resumed elsewhere")
     log_level: str = Field("INFO", description="log level of every process")
     # PACS (docs/pacs.md) -----------------------------------------------------------------------
     pacs_dicomweb_url: str | None = Field(

@@ -19,7 +19,8 @@ def machine(device: str = "cpu") -> str:
     cpu = "unknown CPU"
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                   if line.startswith("Model name"))
     except (OSError, StopIteration):
         pass
     text = f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import PeakMemory, append  # noqa: E402
 
-ALL_OFF = {"supervised_cr": False, "cps_kl": False, "entropy_filter": False, "cosine": False, "prototype": False}
+ALL_OFF = {"supervised_cr": False, "cps_kl": False, "entropy_filter": False, "cosine": False,
+           "prototype": False}
 
 
 def seconds_per_iteration(config, device: torch.device, ssl: bool, iterations: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -72,11 +73,12 @@ def main() -> None:
         sup, _ = seconds_per_iteration(config, device, ssl=False, iterations=args.iterations)
         ssl, peak = seconds_per_iteration(config, device, ssl=True, iterations=args.iterations)
         patch = "×".join(str(p) for p in config.patch_size)
-        row = (f"| {preset} | {patch} | {config.batch_labeled}+{config.batch_unlabeled} | {sup:.2f} | {ssl:.2f} | "
-               f"{ssl / sup:.2f} | {peak / 2**20:.0f} |")
+        row = (f"| {preset} | {patch} | {config.batch_labeled}+{config.batch_unlabeled} "
+               f"| {sup:.2f} | {ssl:.2f} | {ssl / sup:.2f} | {peak / 2**20:.0f} |")
         print(row, flush=True)
         lines.append(row)
-    table = f"amp as each preset says; device {device}; median of {args.iterations} iterations\n\n" + "\n".join(lines)
+    table = (f"amp as each preset says; device {device}; median of {args.iterations} iterations\n\n"
+             + "\n".join(lines))
     print(table)
     if args.record:
         append("Training: SSL step vs supervised step", table, args.device)

@@ -25,7 +25,8 @@ LA_CLASSES = [
 
 
 def make_tiny_package(out_dir: Path, version: str = "tiny-1", seed: int = 0, width: int = 4,
-                      patch: tuple[int, int, int] = (32, 32, 16), spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> Path:
+                      patch: tuple[int, int, int] = (32, 32, 16),
+                      spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> Path:
     """A real (random-weight) dual-network package, small enough for CPU tests."""
     import torch
 
@@ -78,8 +79,8 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
 
 
 def write_dicom_series(folder: Path, image: np.ndarray, affine: np.ndarray, modality: str = "MR",
-                       shuffle_names: bool = True, series_uid: str | None = None, study_uid: str | None = None,
-                       seed: int = 0) -> list[Path]:
+                       shuffle_names: bool = True, series_uid: str | None = None,
+                       study_uid: str | None = None, seed: int = 0) -> list[Path]:
     """Write ``image[i, j, k]`` (RAS affine) as a single-frame DICOM series with scaled int16 pixels."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -145,7 +146,8 @@ class LiveStack:
                  extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DUALSEG_") or k.startswith("DUALSEG_TEST_")}
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("DUALSEG_") or k.startswith("DUALSEG_TEST_")}
         self.env.update({"DUALSEG_DATA_DIR": str(data_dir), "DUALSEG_PORT": str(self.port),
                          "DUALSEG_SWEEP_INTERVAL_S": "5", "PYTHONUNBUFFERED": "1"})
         if database_url:
@@ -164,7 +166,8 @@ class LiveStack:
     def token(self, role: str = "admin") -> str:
         """A bearer token of ``role`` created through the real CLI (cached per role)."""
         if role not in self.tokens:
-            self.tokens[role] = self.cli("tokens", "create", "--role", role, "--name", f"tests-{role}").stdout.strip()
+            created = self.cli("tokens", "create", "--role", role, "--name", f"tests-{role}")
+            self.tokens[role] = created.stdout.strip()
         return self.tokens[role]
 
     def client(self, role: str = "admin", timeout: float = 60) -> Any:
@@ -179,8 +182,8 @@ class LiveStack:
                 "worker-beat": ["worker", "--queues", "inference,training", "--pool", "solo", "--beat"]}
         for name in names:
             log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", "backend.cli", *cmds[name]], env=self.env,
-                                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "backend.cli", *cmds[name]],
+                                                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         if "api" in names:
             self.wait_http("/healthz")
 

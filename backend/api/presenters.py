@@ -28,14 +28,16 @@ def case_urls(case_id: str) -> dict[str, str]:
 
 def job_public(session: Session, job: Job) -> JobPublic:
     return JobPublic(
-        job_id=job.id, case_id=job.case_id, state=job.state.value, queue_position=queue_position(session, job),
-        progress=job.progress, stage=job.stage, model_version=job.model_version, attempts=job.attempts,
-        max_attempts=job.max_attempts, error=job.error, created_at=job.created_at, started_at=job.started_at,
+        job_id=job.id, case_id=job.case_id, state=job.state.value,
+        queue_position=queue_position(session, job), progress=job.progress, stage=job.stage,
+        model_version=job.model_version, attempts=job.attempts, max_attempts=job.max_attempts,
+        error=job.error, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, timings=job.timings or {},
     )
 
 
-def case_public(session: Session, case: Case, job: Job | None = None, with_artifacts: bool = False) -> CasePublic:
+def case_public(session: Session, case: Case, job: Job | None = None,
+                with_artifacts: bool = False) -> CasePublic:
     if job is None and case.latest_job_id:
         job = session.get(Job, case.latest_job_id)
     artifacts: list[ArtifactPublic] = []

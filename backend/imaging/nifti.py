@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from nibabel.filebasedimages import ImageFileError
 from nibabel.openers import ImageOpener
-from nibabel.spatialimages import HeaderDataError
+from nibabel.spatialimages import HeaderDataError, SpatialImage
 
 from backend.imaging.errors import ImagingError, InvalidImage, UnsupportedInput, VolumeTooLarge
 from backend.imaging.geometry import check_affine
@@ -41,6 +41,15 @@ def _load(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
         ) from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise UnsupportedInput(f"{name} is a {type(img).__name__}, not a NIfTI image; upload .nii or .nii.gz")
+    return img
+
+
+def load_image(path: str | PathLike[str]) -> SpatialImage:
+    """``nib.load`` of a volume dualseg stored itself (no validation; ``read_nifti`` checks uploads).
+    Typed as the volume image it is: nibabel declares the base class, without ``dataobj``/``affine``."""
+    img = nib.load(str(path))
+    if not isinstance(img, SpatialImage):
+        raise UnsupportedInput(f"{Path(path).name} is a {type(img).__name__}, not a volume image")
     return img
 
 

@@ -9,11 +9,9 @@ The PACS sweeper (beat) re-sends pulls that stayed queued/running past ``pacs_pu
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.exc import OperationalError
 
@@ -25,6 +23,7 @@ from backend.imaging.errors import ImagingError
 from backend.pacs import ledger
 from backend.pacs.client import PacsClient, PacsUnavailable, check_uid
 from backend.pacs.ingest import Ingested, case_for_pull, ingest_files
+from backend.pacs.ledger import FINISHED, Enqueue
 from backend.pacs.names import PULL_TASK
 from backend.services.uploads import discard
 from backend.storage import ArtifactStore
@@ -32,47 +31,36 @@ from backend.tables import new_id
 
 log = logging.getLogger("dualseg.pacs.pull")
 
-Enqueue = Callable[[str, str, str], None]
-FINISHED = ("succeeded", "failed")
 TRANSIENT = (PacsUnavailable, OperationalError, ConnectionError, TimeoutError)
 
 
-@dataclass
-class PullRecord:
-    id: str
+@dataclass(kw_only=True)
+class PullRecord(ledger.TransferRecord):
     study_uid: str
     series_uid: str
-    state: str = "queued"
     model_version: str | None = None
     requested_by: str | None = None
     source: str = "api"
     case_id: str | None = None
     job_id: str | None = None
-    attempts: int = 0
-    max_attempts: int = 3
-    error: str | None = None
-    created_at: str = field(default_factory=ledger.now_iso)
-    updated_at: str = field(default_factory=ledger.now_iso)
-    enqueued_at: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PullRecord:
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _key(pull_id: str) -> str:
-    return ledger.key("pulls", pull_id)
+def _forget_series(store: ArtifactStore, rec: PullRecord) -> None:
+    """A finished pull no longer holds its series: a new request for it starts a new pull."""
+    index = ledger.read(store, ledger.key("series", rec.series_uid))
+    if index and index.get("pull_id") == rec.id:
+        ledger.delete(store, ledger.key("series", rec.series_uid))
+
+
+RECORDS = ledger.Transfers("pull", "pulls", PullRecord, PULL_TASK, on_finish=_forget_series)
 
 
 def load(store: ArtifactStore, pull_id: str) -> PullRecord | None:
-    data = ledger.read(store, _key(pull_id))
-    return PullRecord.from_dict(data) if data else None
+    return RECORDS.load(store, pull_id)
 
 
 def save(store: ArtifactStore, rec: PullRecord) -> None:
-    rec.updated_at = ledger.now_iso()
-    ledger.write(store, _key(rec.id), asdict(rec))
+    RECORDS.save(store, rec)
 
 
 def active_for_series(store: ArtifactStore, series_uid: str) -> PullRecord | None:
@@ -97,12 +85,7 @@ def create(store: ArtifactStore, settings: Settings, study_uid: str, series_uid:
 
 
 def _finish(store: ArtifactStore, rec: PullRecord, state: str, error: str | None = None) -> None:
-    rec.state, rec.error = state, error
-    save(store, rec)
-    ledger.clear_active(store, "pull", rec.id)
-    index = ledger.read(store, ledger.key("series", rec.series_uid))
-    if index and index.get("pull_id") == rec.id:
-        ledger.delete(store, ledger.key("series", rec.series_uid))
+    RECORDS.finish(store, rec, state, error)
 
 
 def carry_out(settings: Settings, store: ArtifactStore, pull_id: str, enqueue: Enqueue,
@@ -137,7 +120,7 @@ def carry_out(settings: Settings, store: ArtifactStore, pull_id: str, enqueue: E
                                           created_by=f"pacs:{rec.requested_by or rec.source}",
                                           origin=origin, model_version=rec.model_version)
     except TRANSIENT as exc:
-        return _retry_later(store, rec, f"temporary failure: {exc}", enqueue, settings)
+        return RECORDS.retry_later(settings, store, rec, f"temporary failure: {exc}", enqueue)
     except (DomainError, ImagingError) as exc:
         message = exc.message if isinstance(exc, DomainError) else str(exc)
         log.warning("pull %s failed: %s", rec.id, message)
@@ -156,38 +139,9 @@ def carry_out(settings: Settings, store: ArtifactStore, pull_id: str, enqueue: E
     return "succeeded"
 
 
-def _retry_later(store: ArtifactStore, rec: PullRecord, reason: str, enqueue: Enqueue,
-                 settings: Settings) -> str:
-    if rec.attempts >= rec.max_attempts:
-        _finish(store, rec, "failed", f"{reason} (gave up after {rec.attempts} attempts)")
-        return "failed"
-    rec.state, rec.error, rec.enqueued_at = "queued", reason, ledger.now_iso()
-    save(store, rec)
-    time.sleep(min(30.0, 2.0 ** rec.attempts))
-    enqueue(PULL_TASK, rec.id, settings.queue_inference)
-    return "retrying"
-
-
 def sweep(settings: Settings, store: ArtifactStore, enqueue: Enqueue, now: datetime | None = None) -> int:
     """Re-send pulls queued or running longer than ``pacs_pull_grace_s`` (lost message, dead worker)."""
-    now = now or datetime.now(UTC)
-    cutoff = now - timedelta(seconds=settings.pacs_pull_grace_s)
-    resent = 0
-    for pull_id in ledger.active_ids(store, "pull"):
-        rec = load(store, pull_id)
-        if rec is None or rec.state in FINISHED:
-            ledger.clear_active(store, "pull", pull_id)
-            continue
-        last = ledger.parse_iso(rec.enqueued_at if rec.state == "queued" else rec.updated_at)
-        if last is not None and last > cutoff:
-            continue
-        if rec.attempts >= rec.max_attempts:
-            _finish(store, rec, "failed", rec.error or f"gave up after {rec.attempts} attempts")
-            continue
-        rec.state, rec.enqueued_at = "queued", now.isoformat()
-        save(store, rec)
-        enqueue(PULL_TASK, rec.id, settings.queue_inference)
-        resent += 1
+    resent = RECORDS.sweep(settings, store, enqueue, now)
     if resent:
         log.warning("PACS sweeper re-sent %d pull(s)", resent)
     return resent

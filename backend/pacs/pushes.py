@@ -9,9 +9,8 @@ so the correction poll never mistakes our own outputs for a clinician's correcti
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ from backend.pacs import ledger
 from backend.pacs.client import PacsClient, PacsNotConfigured, PacsUnavailable, dicomweb_configured
 from backend.pacs.dimse import c_store, forward_peer
 from backend.pacs.ingest import pacs_origin
+from backend.pacs.ledger import FINISHED, Enqueue
 from backend.pacs.names import PUSH_TASK
 from backend.services import registry
 from backend.services.artifacts import artifact_key
@@ -36,33 +36,21 @@ from backend.tables import Case, Correction, Job, JobState
 
 log = logging.getLogger("dualseg.pacs.push")
 
-Enqueue = Callable[[str, str, str], None]
 Target = Literal["dicomweb", "forward"]
-FINISHED = ("succeeded", "failed")
 TRANSIENT = (PacsUnavailable, OperationalError, ConnectionError, TimeoutError)
 
 
-@dataclass
-class PushRecord:
-    id: str
+@dataclass(kw_only=True)
+class PushRecord(ledger.TransferRecord):
     kind: str  # job | correction
     ref_id: str
     case_id: str
     target: str
     include_pm: bool = True
-    state: str = "queued"
-    attempts: int = 0
-    max_attempts: int = 3
-    error: str | None = None
     sop_instance_uids: list[str] = field(default_factory=list)
-    created_at: str = field(default_factory=ledger.now_iso)
-    updated_at: str = field(default_factory=ledger.now_iso)
-    enqueued_at: str | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PushRecord:
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
+
+RECORDS = ledger.Transfers("push", "pushes", PushRecord, PUSH_TASK)
 
 
 def push_id(kind: str, ref_id: str) -> str:
@@ -70,13 +58,11 @@ def push_id(kind: str, ref_id: str) -> str:
 
 
 def load(store: ArtifactStore, pid: str) -> PushRecord | None:
-    data = ledger.read(store, ledger.key("pushes", pid))
-    return PushRecord.from_dict(data) if data else None
+    return RECORDS.load(store, pid)
 
 
 def save(store: ArtifactStore, rec: PushRecord) -> None:
-    rec.updated_at = ledger.now_iso()
-    ledger.write(store, ledger.key("pushes", rec.id), asdict(rec))
+    RECORDS.save(store, rec)
 
 
 def target_for_case(settings: Settings, case: Case) -> Target | None:
@@ -206,7 +192,7 @@ def carry_out(settings: Settings, store: ArtifactStore, pid: str, enqueue: Enque
             ledger.mark_instance(store, str(ds.SOPInstanceUID), "output", case_id=rec.case_id, push_id=rec.id)
         sent = send(settings, rec.target, study_uid, datasets, client_factory)
     except TRANSIENT as exc:
-        return _retry_later(store, rec, f"temporary failure: {exc}", enqueue, settings)
+        return RECORDS.retry_later(settings, store, rec, f"temporary failure: {exc}", enqueue)
     except (DomainError, ImagingError, OSError) as exc:
         message = exc.message if isinstance(exc, DomainError) else f"{type(exc).__name__}: {exc}"
         log.warning("push %s failed: %s", pid, message)
@@ -225,21 +211,7 @@ def carry_out(settings: Settings, store: ArtifactStore, pid: str, enqueue: Enque
 
 
 def _finish(store: ArtifactStore, rec: PushRecord, state: str, error: str | None = None) -> None:
-    rec.state, rec.error = state, error
-    save(store, rec)
-    ledger.clear_active(store, "push", rec.id)
-
-
-def _retry_later(store: ArtifactStore, rec: PushRecord, reason: str, enqueue: Enqueue,
-                 settings: Settings) -> str:
-    if rec.attempts >= rec.max_attempts:
-        _finish(store, rec, "failed", f"{reason} (gave up after {rec.attempts} attempts)")
-        return "failed"
-    rec.state, rec.error, rec.enqueued_at = "queued", reason, ledger.now_iso()
-    save(store, rec)
-    time.sleep(min(30.0, 2.0 ** rec.attempts))
-    enqueue(PUSH_TASK, rec.id, settings.queue_inference)
-    return "retrying"
+    RECORDS.finish(store, rec, state, error)
 
 
 # automatic pushes ---------------------------------------------------------------------------------
@@ -290,22 +262,4 @@ def queue_corrections(settings: Settings, store: ArtifactStore, enqueue: Enqueue
 
 def sweep(settings: Settings, store: ArtifactStore, enqueue: Enqueue, now: datetime | None = None) -> int:
     """Re-send pushes queued/running longer than ``pacs_pull_grace_s``."""
-    now = now or datetime.now(UTC)
-    cutoff = now - timedelta(seconds=settings.pacs_pull_grace_s)
-    resent = 0
-    for pid in ledger.active_ids(store, "push"):
-        rec = load(store, pid)
-        if rec is None or rec.state in FINISHED:
-            ledger.clear_active(store, "push", pid)
-            continue
-        last = ledger.parse_iso(rec.enqueued_at if rec.state == "queued" else rec.updated_at)
-        if last is not None and last > cutoff:
-            continue
-        if rec.attempts >= rec.max_attempts:
-            _finish(store, rec, "failed", rec.error or f"gave up after {rec.attempts} attempts")
-            continue
-        rec.state, rec.enqueued_at = "queued", now.isoformat()
-        save(store, rec)
-        enqueue(PUSH_TASK, rec.id, settings.queue_inference)
-        resent += 1
-    return resent
+    return RECORDS.sweep(settings, store, enqueue, now)

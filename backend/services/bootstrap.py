@@ -18,7 +18,8 @@ def bootstrap_embedded(settings: Settings) -> Iterator[str]:
             return
         starter = registry.starter_package_path()
         if starter is None:
-            yield "no model is active and no starter package is shipped: segmentation jobs will fail until one is imported"
+            yield ("no model is active and no starter package is shipped: "
+                   "segmentation jobs will fail until one is imported")
             return
         mv = registry.import_package(session, settings, starter, activate=True)
         yield f"registered and activated the starter model {mv.version} (phantom data only)"

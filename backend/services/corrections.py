@@ -8,14 +8,13 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
 from backend.errors import BadInput
-from backend.imaging.nifti import write_nifti
+from backend.imaging.nifti import load_image, write_nifti
 from backend.services import artifacts as art
 from backend.services import identity, registry
 from backend.storage import ArtifactStore, sha256_file
@@ -42,7 +41,7 @@ def _num_classes(session: Session, case: Case) -> int:
 
 def _labels_from_nifti(path: Path, case: Case) -> np.ndarray:
     try:
-        img = nib.load(str(path))
+        img = load_image(path)
         data = np.asarray(img.dataobj)
     except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
         raise BadInput(f"the correction is not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
@@ -157,11 +156,11 @@ def create_correction(session: Session, settings: Settings, store: ArtifactStore
     stats: dict[str, Any] = {"labels_present": sorted(int(v) for v in np.unique(labels_u8))}
     if job is not None:
         mask_row = art.get_artifact(session, job, "mask_nifti")
-        model = np.asarray(nib.load(str(store.path(mask_row.key))).dataobj).astype(np.uint8)
+        model = np.asarray(load_image(store.path(mask_row.key)).dataobj).astype(np.uint8)
         entropy = None
         try:
             ent_row = art.get_artifact(session, job, "entropy_nifti")
-            entropy = np.asarray(nib.load(str(store.path(ent_row.key))).dataobj, dtype=np.float32)
+            entropy = np.asarray(load_image(store.path(ent_row.key)).dataobj, dtype=np.float32)
         except Exception:  # noqa: BLE001 - statistics without entropy
             entropy = None
         from backend.services.cases import load_regions

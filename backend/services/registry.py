@@ -21,7 +21,8 @@ from backend.errors import BadInput, Conflict, NotFound
 from backend.storage import sha256_file
 from backend.tables import ModelState, ModelVersion, utcnow
 
-REQUIRED_CARD_KEYS = ("name", "version", "architecture", "classes", "preprocessing", "patch_size", "content_hash")
+REQUIRED_CARD_KEYS = ("name", "version", "architecture", "classes", "preprocessing", "patch_size",
+                      "content_hash")
 PACKAGE_FILES = ("model.json", "weights.safetensors")
 STARTER_DIR = Path(__file__).resolve().parents[2] / "models" / "assets" / "starter"
 

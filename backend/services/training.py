@@ -40,9 +40,8 @@ class RunData:
 
 
 def gather_data(session: Session, settings: Settings) -> RunData:
-    latest: dict[str, Correction] = {}
-    for corr in session.scalars(select(Correction).order_by(Correction.created_at)):
-        latest[corr.case_id] = corr
+    latest: dict[str, Correction] = {
+        c.case_id: c for c in session.scalars(select(Correction).order_by(Correction.created_at))}
     data = RunData()
     for case in session.scalars(select(Case).order_by(Case.created_at)):
         val = in_validation(case.id, settings.retrain_val_percent)

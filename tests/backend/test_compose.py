@@ -27,7 +27,8 @@ def test_compose_has_the_production_services() -> None:
 
 def test_compose_config_parses() -> None:
     env = {**os.environ, "DUALSEG_SECRET_KEY": "test-secret-value-123456"}
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+    if (shutil.which("docker")
+            and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0):
         cmd = ["docker", "compose", "config", "-q"]
     elif shutil.which("docker-compose"):
         cmd = ["docker-compose", "config", "-q"]

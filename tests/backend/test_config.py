@@ -29,7 +29,8 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"env": "production", "auth_enabled": True, "database_url": "postgresql+psycopg://x/y"}, "SECRET_KEY"),
+        ({"env": "production", "auth_enabled": True,
+          "database_url": "postgresql+psycopg://x/y"}, "SECRET_KEY"),
         ({"env": "production", "secret_key": "s" * 32, "auth_enabled": False,
           "database_url": "postgresql+psycopg://x/y"}, "AUTH_ENABLED"),
         ({"env": "production", "secret_key": "s" * 32, "auth_enabled": True}, "PostgreSQL"),

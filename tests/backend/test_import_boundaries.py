@@ -16,5 +16,6 @@ print(','.join(bad))
 
 
 def test_api_app_does_not_import_torch(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    out = subprocess.run([sys.executable, "-c", CODE, str(tmp_path)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", CODE, str(tmp_path)], capture_output=True, text=True,
+                         check=True)
     assert out.stdout.strip() == "", f"API imported: {out.stdout.strip()}"

@@ -25,7 +25,8 @@ def _roundtrip(url: str) -> None:
         tables = set(inspect(engine).get_table_names())
         assert EXPECTED <= tables
         with engine.connect() as conn:
-            diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            diffs = compare_metadata(context, Base.metadata)
         assert diffs == [], f"ORM tables and migrations differ: {diffs}"
         command.downgrade(cfg, "base")
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}

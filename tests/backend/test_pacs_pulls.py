@@ -163,7 +163,29 @@ def test_sweep_resends_stale_pulls(ctx: tuple[Settings, ArtifactStore]) -> None:
     assert pulls.sweep(s, store, sent) == 1
     assert sent.calls == [(PULL_TASK, stale.id, "inference")]
     assert pulls.load(store, worn.id).state == "failed"  # type: ignore[union-attr]
+    assert ledger.read(store, ledger.key("series", "1.2.3.5")) is None  # a failed pull frees its series
     assert set(ledger.active_ids(store, "pull")) == {fresh.id, stale.id}
+
+
+def test_sweep_resends_stale_pushes(ctx: tuple[Settings, ArtifactStore]) -> None:
+    s, store = ctx
+    long_ago = (datetime.now(UTC) - timedelta(seconds=s.pacs_pull_grace_s + 5)).isoformat()
+    fresh, stale, worn, done = (pushes.request(store, s, "job", ref, "c1", "dicomweb")
+                                for ref in ("j1", "j2", "j3", "j4"))
+    assert fresh is not None and stale is not None and worn is not None and done is not None
+    stale.enqueued_at = long_ago
+    pushes.save(store, stale)
+    worn.attempts, worn.enqueued_at = 3, long_ago
+    pushes.save(store, worn)
+    done.state = "succeeded"  # finished, but its active marker was left behind
+    pushes.save(store, done)
+    sent = Sent()
+    assert pushes.sweep(s, store, sent) == 1
+    assert sent.calls == [(PUSH_TASK, stale.id, "inference")]
+    worn_after = pushes.load(store, worn.id)
+    assert worn_after is not None and worn_after.state == "failed"
+    assert worn_after.error == "gave up after 3 attempts"
+    assert set(ledger.active_ids(store, "push")) == {fresh.id, stale.id}
 
 
 def _case(s: Settings, origin: dict[str, Any] | None, source_format: str = "dicom") -> str:

@@ -23,7 +23,8 @@ def test_every_route_is_documented(tmp_path: Path) -> None:
 
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"`(?:GET|POST|PUT|DELETE|PATCH) (/[^`? ]*)", readme))
-    documented |= {p for p in re.findall(r"`(?:GET|POST|PUT|DELETE|PATCH) [^`]*?, (?:GET|POST|PUT|DELETE) (/[^`? ]*)", readme)}
+    documented |= set(re.findall(
+        r"`(?:GET|POST|PUT|DELETE|PATCH) [^`]*?, (?:GET|POST|PUT|DELETE) (/[^`? ]*)", readme))
     app = create_app(Settings(data_dir=tmp_path))
     missing = []
     for route in app.openapi()["paths"]:

@@ -19,7 +19,8 @@ from tests.helpers import LiveStack, blob_volume, make_tiny_package, oblique_aff
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     tmp = tmp_path_factory.mktemp("retrain")
     s = LiveStack(tmp / "var", extra_env={
-        "DUALSEG_RETRAIN_PRESET": "tiny", "DUALSEG_RETRAIN_ITERATIONS": "3", "DUALSEG_RETRAIN_VAL_PERCENT": "50",
+        "DUALSEG_RETRAIN_PRESET": "tiny", "DUALSEG_RETRAIN_ITERATIONS": "3",
+        "DUALSEG_RETRAIN_VAL_PERCENT": "50",
         # a generous gate: this test is about the loop; the gate itself is tested both ways in tests/worker
         "DUALSEG_RETRAIN_GATE_DICE_TOL": "1.0", "DUALSEG_RETRAIN_GATE_HD95_TOL_MM": "1000",
     })
@@ -57,7 +58,8 @@ def test_upload_correct_retrain_promote_reuse_rollback(stack: LiveStack, tmp_pat
         first_case = first_case or case_id
         if seed < 2 or in_validation(case_id, 50) not in splits:
             lab = write_nifti(tmp_path / f"l{seed}.nii.gz", label, oblique_affine())
-            r = annotator.put(f"/api/v1/cases/{case_id}/correction", files={"file": (lab.name, lab.read_bytes())})
+            r = annotator.put(f"/api/v1/cases/{case_id}/correction",
+                              files={"file": (lab.name, lab.read_bytes())})
             assert r.status_code == 201, r.text
             splits.add(in_validation(case_id, 50))
         seed += 1

@@ -84,7 +84,8 @@ def _zip(paths: list[Path]) -> bytes:
     return buf.getvalue()
 
 
-def _segment(stack: LiveStack, client: httpx.Client, files: list[tuple[str, bytes]], **form: str) -> dict[str, Any]:
+def _segment(stack: LiveStack, client: httpx.Client, files: list[tuple[str, bytes]],
+             **form: str) -> dict[str, Any]:
     r = _upload(client, files, **form)
     assert r.status_code == 202, r.text
     body = r.json()
@@ -99,7 +100,8 @@ def _nifti_from(resp: httpx.Response, tmp_path: Path, name: str) -> nib.Nifti1Im
     return nib.load(str(p))
 
 
-def test_nifti_upload_to_every_artifact(stack: LiveStack, client: httpx.Client, volume: Any, tmp_path: Path) -> None:
+def test_nifti_upload_to_every_artifact(stack: LiveStack, client: httpx.Client, volume: Any,
+                                        tmp_path: Path) -> None:
     image, affine = volume
     body = _segment(stack, client, [("phantom.nii.gz", _nifti_bytes(tmp_path, image, affine))])
     cid = body["case_id"]
@@ -142,7 +144,8 @@ def test_nifti_upload_to_every_artifact(stack: LiveStack, client: httpx.Client, 
     img = client.get(f"/api/v1/cases/{cid}/image")
     np.testing.assert_allclose(_nifti_from(img, tmp_path, "img.nii.gz").get_fdata(), image, atol=1e-4)
 
-    png = client.get(f"/api/v1/cases/{cid}/uncertainty", params={"format": "png", "axis": "axial", "slice": 5})
+    png = client.get(f"/api/v1/cases/{cid}/uncertainty",
+                     params={"format": "png", "axis": "axial", "slice": 5})
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert client.get(f"/api/v1/cases/{cid}/uncertainty",
                       params={"format": "png", "slice": 999}).status_code == 422
@@ -208,8 +211,10 @@ def test_dicom_zip_gives_the_same_mask_as_nifti(stack: LiveStack, client: httpx.
 def test_multi_series_zip_lists_series_and_picks_one(stack: LiveStack, client: httpx.Client, volume: Any,
                                                      tmp_path: Path) -> None:
     image, affine = volume
-    s1 = write_dicom_series(tmp_path / "s1", image[:, :, :8], affine, series_uid="1.2.826.0.1.3680043.8.498.11")
-    s2 = write_dicom_series(tmp_path / "s2", image[:, :, :6], affine, series_uid="1.2.826.0.1.3680043.8.498.22")
+    s1 = write_dicom_series(tmp_path / "s1", image[:, :, :8], affine,
+                            series_uid="1.2.826.0.1.3680043.8.498.11")
+    s2 = write_dicom_series(tmp_path / "s2", image[:, :, :6], affine,
+                            series_uid="1.2.826.0.1.3680043.8.498.22")
     before = client.get("/api/v1/cases").json()["total"]
     r = _upload(client, [("study.zip", _zip(s1 + s2))])
     assert r.status_code == 422
@@ -218,20 +223,23 @@ def test_multi_series_zip_lists_series_and_picks_one(stack: LiveStack, client: h
     uids = {s["series_uid"] for s in err["details"]["series"]}
     assert uids == {"1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.22"}
     assert client.get("/api/v1/cases").json()["total"] == before
-    r = _upload(client, [("study.zip", _zip(s1 + s2))], series_uid="1.2.826.0.1.3680043.8.498.22", segment="false")
+    r = _upload(client, [("study.zip", _zip(s1 + s2))], series_uid="1.2.826.0.1.3680043.8.498.22",
+                segment="false")
     assert r.status_code == 202 and r.json()["job_id"] is None
     case = client.get(f"/api/v1/cases/{r.json()['case_id']}").json()
     assert case["shape"] == [40, 36, 6] and case["latest_job"] is None
 
 
-def test_bad_uploads_get_4xx_and_leave_nothing(stack: LiveStack, client: httpx.Client, tmp_path: Path) -> None:
+def test_bad_uploads_get_4xx_and_leave_nothing(stack: LiveStack, client: httpx.Client,
+                                               tmp_path: Path) -> None:
     before = client.get("/api/v1/cases").json()["total"]
     assert _upload(client, [("x.nii.gz", b"\x1f\x8b\x08garbage")]).status_code == 422
     assert _upload(client, [("x.dcm", b"not dicom at all" * 10)]).status_code == 422
     assert client.post("/api/v1/cases").status_code == 422
     bad2d = write_nifti(tmp_path / "flat.nii.gz", np.zeros((5, 5), np.float32), np.eye(4))
     r = _upload(client, [("flat.nii.gz", bad2d.read_bytes())])
-    assert r.status_code == 422 and "3D" in r.json()["error"]["message"] or "2" in r.json()["error"]["message"]
+    assert (r.status_code == 422 and "3D" in r.json()["error"]["message"]
+            or "2" in r.json()["error"]["message"])
     assert client.get("/api/v1/cases").json()["total"] == before
     incoming = stack.env["DUALSEG_DATA_DIR"] + "/artifacts/.incoming"
     assert list(Path(incoming).iterdir()) == []
@@ -239,12 +247,14 @@ def test_bad_uploads_get_4xx_and_leave_nothing(stack: LiveStack, client: httpx.C
     assert client.get("/api/v1/jobs/nope").status_code == 404
 
 
-def test_worklist_jobs_and_resegment(stack: LiveStack, client: httpx.Client, volume: Any, tmp_path: Path) -> None:
+def test_worklist_jobs_and_resegment(stack: LiveStack, client: httpx.Client, volume: Any,
+                                     tmp_path: Path) -> None:
     image, affine = volume
     a = _segment(stack, client, [("a.nii.gz", _nifti_bytes(tmp_path, image, affine))])
     noisy = image + np.random.default_rng(1).normal(0, 60, image.shape).astype(np.float32)
     b = _segment(stack, client, [("b.nii.gz", _nifti_bytes(tmp_path, noisy, affine))])
-    listing = client.get("/api/v1/cases", params={"sort": "uncertainty", "state": "succeeded", "limit": 500}).json()
+    listing = client.get("/api/v1/cases",
+                         params={"sort": "uncertainty", "state": "succeeded", "limit": 500}).json()
     scores = [c["uncertainty"]["score"] for c in listing["items"]]
     assert scores == sorted(scores, reverse=True) and all(s is not None for s in scores)
     assert {a["case_id"], b["case_id"]} <= {c["case_id"] for c in listing["items"]}
@@ -270,7 +280,8 @@ def test_corrections_nifti_and_seg_round_trip(stack: LiveStack, client: httpx.Cl
     body = _segment(stack, client, [("series.zip", _zip(files))])
     cid = body["case_id"]
     mask = np.asarray(_nifti_from(client.get(f"/api/v1/cases/{cid}/mask"), tmp_path, "m.nii.gz").dataobj)
-    entropy = np.asarray(_nifti_from(client.get(f"/api/v1/cases/{cid}/uncertainty"), tmp_path, "e.nii.gz").dataobj)
+    entropy = np.asarray(
+        _nifti_from(client.get(f"/api/v1/cases/{cid}/uncertainty"), tmp_path, "e.nii.gz").dataobj)
     corrected = mask.copy()
     corrected[10:14, 10:14, 5:8] = 1 - corrected[10:14, 10:14, 5:8]  # flip a 4x4x3 block
     path = write_nifti(tmp_path / "corr.nii.gz", corrected.astype(np.uint8), affine)

@@ -33,7 +33,8 @@ def _alive(pid: int) -> bool:
 def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUALSEG_")}
-    env.update({"DUALSEG_DATA_DIR": str(tmp_path / "var"), "DUALSEG_PORT": str(port), "PYTHONUNBUFFERED": "1"})
+    env.update({"DUALSEG_DATA_DIR": str(tmp_path / "var"), "DUALSEG_PORT": str(port),
+                "PYTHONUNBUFFERED": "1"})
     proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc, f"http://127.0.0.1:{port}"

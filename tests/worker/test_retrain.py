@@ -23,8 +23,8 @@ from worker.tasks import retrain
 
 @pytest.fixture
 def env(tmp_path: Path) -> tuple[Settings, ArtifactStore]:
-    s = Settings(data_dir=tmp_path / "var", retrain_preset="tiny", retrain_iterations=3, retrain_val_percent=50,
-                 device="cpu")
+    s = Settings(data_dir=tmp_path / "var", retrain_preset="tiny", retrain_iterations=3,
+                 retrain_val_percent=50, device="cpu")
     s.ensure_dirs()
     run_migrations(s.resolved_database_url)
     store = ArtifactStore(s.resolved_storage_dir)
@@ -74,7 +74,8 @@ def test_split_is_stable_and_balanced() -> None:
     ids = [f"{i:032x}" for i in range(2000)]
     share = np.mean([training.in_validation(i, 20) for i in ids])
     assert 0.17 < share < 0.23
-    assert [training.in_validation(i, 20) for i in ids[:50]] == [training.in_validation(i, 20) for i in ids[:50]]
+    first = [training.in_validation(i, 20) for i in ids[:50]]
+    assert first == [training.in_validation(i, 20) for i in ids[:50]]
 
 
 def test_gate_decisions() -> None:
@@ -137,7 +138,8 @@ def test_killed_run_resumes_from_checkpoint(env: tuple[Settings, ArtifactStore],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     s, store = env
     _cases_in_both_splits(s, store, tmp_path)
-    monkeypatch.setattr(retrain, "evaluate", lambda p, i, st, k: {"dice": 0.5, "hd95_mm": 1.0, "per_case": {}})
+    monkeypatch.setattr(retrain, "evaluate",
+                        lambda p, i, st, k: {"dice": 0.5, "hd95_mm": 1.0, "per_case": {}})
     run_id = _new_run(s)
     original = retrain.DbProgress.on_iteration
 

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from backend.config import Settings
 from backend.db import session_scope
+from backend.imaging.nifti import load_image
 from backend.services import registry, training
 from backend.storage import ArtifactStore
 from backend.tables import ModelState, RunState, TrainingRun, utcnow
@@ -26,7 +26,7 @@ log = logging.getLogger("dualseg.worker.retrain")
 
 
 def _load(store: ArtifactStore, key: str) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(str(store.path(key)))
+    img = load_image(store.path(key))
     return np.asarray(img.get_fdata(dtype=np.float32)), np.asarray(img.affine, dtype=float)
 
 
@@ -62,20 +62,22 @@ class DbProgress:
         pass
 
 
-def evaluate(predictor: Any, items: list[tuple[str, str, str]], store: ArtifactStore, num_classes: int) -> dict[str, Any]:
+def evaluate(predictor: Any, items: list[tuple[str, str, str]], store: ArtifactStore,
+             num_classes: int) -> dict[str, Any]:
     """Mean foreground Dice / HD95 (mm) over validation cases, on each case's own grid."""
     from models.metrics import evaluate_case
 
     per_case: dict[str, dict[str, float]] = {}
     for case_id, image_key, label_key in items:
         image, affine = _load(store, image_key)
-        label = np.asarray(nib.load(str(store.path(label_key))).dataobj).astype(np.uint8)
+        label = np.asarray(load_image(store.path(label_key)).dataobj).astype(np.uint8)
         pred = predictor.predict(image, affine)
         spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
         res = evaluate_case(pred.mask, label, spacing, num_classes)
         dices = [m["dice"] for m in res.values()]
         hds = [m["hd95_mm"] for m in res.values() if not math.isnan(m["hd95_mm"])]
-        per_case[case_id] = {"dice": float(np.mean(dices)), "hd95_mm": float(np.mean(hds)) if hds else math.nan}
+        per_case[case_id] = {"dice": float(np.mean(dices)),
+                             "hd95_mm": float(np.mean(hds)) if hds else math.nan}
     dice = float(np.mean([v["dice"] for v in per_case.values()]))
     hds = [v["hd95_mm"] for v in per_case.values() if not math.isnan(v["hd95_mm"])]
     return {"dice": dice, "hd95_mm": float(np.mean(hds)) if hds else math.nan, "cases": len(per_case),
@@ -101,7 +103,8 @@ def _config_for(preset: str, overrides: dict[str, Any], card: dict[str, Any]) ->
     arch = card["architecture"]
     pre = card["preprocessing"]
     fixed = {
-        "num_classes": arch["num_classes"], "in_channels": arch["in_channels"], "patch_size": card["patch_size"],
+        "num_classes": arch["num_classes"], "in_channels": arch["in_channels"],
+        "patch_size": card["patch_size"],
         "networks.net_a.name": arch["net_a"]["name"], "networks.net_a.width": arch["net_a"]["width"],
         "networks.net_b.name": arch["net_b"]["name"], "networks.net_b.width": arch["net_b"]["width"],
         "preprocessing.spacing": pre["spacing"], "preprocessing.intensity": pre["intensity"],
@@ -118,7 +121,8 @@ def run_retrain(settings: Settings, store: ArtifactStore, run_id: str) -> str:
         active = registry.active_version(s)
         if active is None:
             run.state, run.finished_at = RunState.skipped, utcnow()
-            run.decision = {"promote": False, "reasons": ["no active model to fine-tune; import or train one"]}
+            run.decision = {"promote": False,
+                            "reasons": ["no active model to fine-tune; import or train one"]}
             return "skipped"
         data = training.gather_data(s, settings)
         run.data_summary = data.summary()
@@ -158,7 +162,7 @@ def _train_and_gate(settings: Settings, store: ArtifactStore, run_id: str, base:
     for _, image_key, label_key in data.train_labeled:
         image, affine = _load(store, image_key)
         arr, record = preprocess(image, affine, spec)
-        label = np.asarray(nib.load(str(store.path(label_key))).dataobj).astype(np.uint8)
+        label = np.asarray(load_image(store.path(label_key)).dataobj).astype(np.uint8)
         labeled.append((arr, preprocess_label(label, record)))
     for _, image_key in data.unlabeled:
         image, affine = _load(store, image_key)
@@ -170,7 +174,8 @@ def _train_and_gate(settings: Settings, store: ArtifactStore, run_id: str, base:
     resume = (out_dir / CHECKPOINT_NAME).is_file()
     start_it = 0
     if resume:
-        start_it = int(torch.load(out_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True)["iteration"])
+        start_it = int(torch.load(out_dir / CHECKPOINT_NAME, map_location="cpu",
+                                  weights_only=True)["iteration"])
     hook = DbProgress(settings, run_id, start_it)
     with session_scope(settings.resolved_database_url) as s:
         run = s.get(TrainingRun, run_id)
@@ -181,7 +186,8 @@ def _train_and_gate(settings: Settings, store: ArtifactStore, run_id: str, base:
                       stop_requested=lambda: hook.cancelled)
     summary = trainer.resume() if resume else trainer.train()
     if summary.get("stopped"):
-        _finish(settings, run_id, RunState.cancelled, error="cancelled by a user", iteration=summary["iterations"])
+        _finish(settings, run_id, RunState.cancelled, error="cancelled by a user",
+                iteration=summary["iterations"])
         return "cancelled"
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     version = f"{card['name']}-r{stamp}"
@@ -204,8 +210,8 @@ def _train_and_gate(settings: Settings, store: ArtifactStore, run_id: str, base:
     if decision["promote"] and not settings.retrain_auto_promote:
         decision["reasons"].append("passed the gate; automatic promotion is off (promote it by hand)")
     with session_scope(settings.resolved_database_url) as s:
-        mv = registry.import_package(s, settings, pkg_dir, training_run_id=run_id,
-                                     state=ModelState.candidate if decision["promote"] else ModelState.rejected)
+        state = ModelState.candidate if decision["promote"] else ModelState.rejected
+        mv = registry.import_package(s, settings, pkg_dir, training_run_id=run_id, state=state)
         mv.metrics = {"validation": _clean(cand), "active_on_same_cases": _clean(act)}
         if promote:
             registry.promote(s, version)

@@ -42,7 +42,8 @@ def _serve_kind(request: Request, session: SessionDep, store: StoreDep, case_id:
 @router.get("/{case_id}/mask", summary="The label mask: NIfTI (uint8, input geometry) or DICOM SEG",
             response_class=FileResponse)
 def get_mask(request: Request, case_id: str, session: SessionDep, store: StoreDep,
-             format: Annotated[Literal["nifti", "dicom-seg"], Query()] = "nifti", job_id: JobQuery = None) -> Response:
+             format: Annotated[Literal["nifti", "dicom-seg"], Query()] = "nifti",
+             job_id: JobQuery = None) -> Response:
     kind = "mask_nifti" if format == "nifti" else "seg_dicom"
     return _serve_kind(request, session, store, case_id, kind, job_id)
 

@@ -38,7 +38,8 @@ def _resolve_model(session: SessionDep, version: str | None) -> str | None:
 @router.post(
     "", status_code=status.HTTP_202_ACCEPTED, response_model=CaseCreated, dependencies=ANNOTATOR,
     summary="Upload a volume (NIfTI, DICOM files, or a zip of a series/study) and queue its segmentation",
-    responses={413: {"description": "upload too large"}, 422: {"description": "invalid or unsupported input"}},
+    responses={413: {"description": "upload too large"},
+               422: {"description": "invalid or unsupported input"}},
 )
 def create_case(
     request: Request,
@@ -89,14 +90,16 @@ def list_cases(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-    sort: Annotated[Literal["created", "uncertainty"], Query(description="uncertainty = most uncertain first")] = "created",
+    sort: Annotated[Literal["created", "uncertainty"],
+                    Query(description="uncertainty = most uncertain first")] = "created",
     state: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
     modality: Annotated[str | None, Query(max_length=16)] = None,
     study_uid: Annotated[str | None, Query(max_length=64)] = None,
 ) -> CaseList:
     rows, total = case_service.list_cases(session, limit=limit, offset=offset, sort=sort, state=state,
                                           modality=modality, study_uid=study_uid)
-    return CaseList(items=[case_public(session, c, j) for c, j in rows], total=total, limit=limit, offset=offset)
+    return CaseList(items=[case_public(session, c, j) for c, j in rows], total=total, limit=limit,
+                    offset=offset)
 
 
 @router.get("/{case_id}", response_model=CasePublic, summary="One case with its latest job and artifacts")
@@ -104,7 +107,8 @@ def get_case(case_id: str, session: SessionDep) -> CasePublic:
     return case_public(session, case_service.get_case(session, case_id), with_artifacts=True)
 
 
-@router.delete("/{case_id}", status_code=204, dependencies=ADMIN, summary="Delete a case, its jobs and every file")
+@router.delete("/{case_id}", status_code=204, dependencies=ADMIN,
+               summary="Delete a case, its jobs and every file")
 def delete_case(case_id: str, request: Request, session: SessionDep, store: StoreDep) -> None:
     case_service.delete_case(session, store, case_id)
     audit.record_request(session, request, "case.delete", "case", case_id)
@@ -130,7 +134,8 @@ def resegment(case_id: str, request: Request, session: SessionDep, settings: Set
     version = _resolve_model(session, body.model_version if body else None)
     if version is None:
         raise BadInput("no model is active: import and promote one first (dualseg models import)")
-    job = jobs.create_job(session, case, settings.queue_inference, settings.job_max_attempts, model_version=version)
+    job = jobs.create_job(session, case, settings.queue_inference, settings.job_max_attempts,
+                          model_version=version)
     jobs.mark_enqueued(session, job.id)
     audit.record_request(session, request, "case.segment", "case", case.id, job_id=job.id,
                          model_version=version)

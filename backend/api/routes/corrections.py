@@ -27,13 +27,14 @@ router = APIRouter(tags=["corrections"], dependencies=[Depends(require_role("vie
 
 
 def correction_public(c: Correction) -> CorrectionPublic:
-    return CorrectionPublic(correction_id=c.id, case_id=c.case_id, job_id=c.job_id, model_version=c.model_version,
-                            author=c.author, created_at=c.created_at, source_format=c.source_format,
-                            sha256=c.sha256, stats=c.stats or {})
+    return CorrectionPublic(correction_id=c.id, case_id=c.case_id, job_id=c.job_id,
+                            model_version=c.model_version, author=c.author, created_at=c.created_at,
+                            source_format=c.source_format, sha256=c.sha256, stats=c.stats or {})
 
 
 @router.put("/cases/{case_id}/correction", response_model=CorrectionPublic, status_code=201,
-            summary="Upload a corrected label map (NIfTI on the image grid, or a DICOM SEG of the case's series)")
+            summary="Upload a corrected label map (NIfTI on the image grid, "
+                    "or a DICOM SEG of the case's series)")
 def put_correction(case_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
                    principal: AnnotatorDep, celery: CeleryDep,
                    file: Annotated[UploadFile, File(description=".nii/.nii.gz label map or DICOM SEG (.dcm)")]
@@ -48,6 +49,7 @@ def put_correction(case_id: str, session: SessionDep, settings: SettingsDep, sto
         copy_stream(file.file, path, settings.max_upload_bytes, hashlib.sha256())
         with open(path, "rb") as f:
             head = f.read(132)
+        fmt: corrections.Format
         if name.lower().endswith((".nii", ".nii.gz")) or head[:2] == b"\x1f\x8b":
             fmt = "nifti"
             if not name.lower().endswith((".nii", ".nii.gz")):
@@ -57,8 +59,8 @@ def put_correction(case_id: str, session: SessionDep, settings: SettingsDep, sto
         else:
             raise BadInput("the correction must be a NIfTI label map (.nii/.nii.gz) or a DICOM SEG file")
         row = corrections.create_correction(session, settings, store, case, path, fmt, author=principal.name)
-        audit.record(session, "correction.create", "case", case.id, actor=principal.name, correction_id=row.id,
-                     source_format=fmt)
+        audit.record(session, "correction.create", "case", case.id, actor=principal.name,
+                     correction_id=row.id, source_format=fmt)
         session.commit()
     finally:
         discard(folder)

@@ -17,8 +17,9 @@ ADMIN = [Depends(require_role("admin"))]
 
 def model_public(m: ModelVersion, card: bool = False) -> ModelVersionPublic:
     return ModelVersionPublic(version=m.version, state=m.state.value, name=m.card.get("name"),
-                              parent_version=m.parent_version, created_at=m.created_at, promoted_at=m.promoted_at,
-                              content_hash=m.content_hash, metrics=m.metrics or {}, card=m.card if card else None)
+                              parent_version=m.parent_version, created_at=m.created_at,
+                              promoted_at=m.promoted_at, content_hash=m.content_hash,
+                              metrics=m.metrics or {}, card=m.card if card else None)
 
 
 @router.get("", response_model=list[ModelVersionPublic], summary="Every registered version, newest first")
@@ -39,7 +40,8 @@ def get_model(version: str, session: SessionDep) -> ModelVersionPublic:
     return model_public(registry.get_version(session, version), card=True)
 
 
-@router.get("/{version}/stats", summary="Correction statistics of a version (does the heatmap point at errors?)")
+@router.get("/{version}/stats",
+            summary="Correction statistics of a version (does the heatmap point at errors?)")
 def model_stats(version: str, session: SessionDep) -> dict[str, Any]:
     registry.get_version(session, version)
     return corrections.model_stats(session, version)

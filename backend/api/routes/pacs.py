@@ -109,13 +109,7 @@ def segment_series(body: PacsSegmentRequest, session: SessionDep, settings: Sett
 @router.get("/pulls/{pull_id}", response_model=PullPublic,
             summary="State of a PACS pull; case_id and job_id appear once the series is fetched and valid")
 def get_pull(pull_id: str, store: StoreDep) -> PullPublic:
-    try:
-        rec = pulls.load(store, pull_id)
-    except ValueError:
-        rec = None
-    if rec is None:
-        raise NotFound(f"pull {pull_id} does not exist")
-    return _pull_public(rec)
+    return _pull_public(pulls.RECORDS.get(store, pull_id))
 
 
 @router.post(
@@ -187,13 +181,7 @@ def push_case(case_id: str, session: SessionDep, settings: SettingsDep, store: S
 
 @router.get("/pushes/{push_id}", response_model=PushPublic, summary="State of a push to the PACS")
 def get_push(push_id: str, store: StoreDep) -> PushPublic:
-    try:
-        rec = pushes.load(store, push_id)
-    except ValueError:
-        rec = None
-    if rec is None:
-        raise NotFound(f"push {push_id} does not exist")
-    return _push_public(rec)
+    return _push_public(pushes.RECORDS.get(store, push_id))
 
 
 @router.get("/status", response_model=PacsStatus, dependencies=ANNOTATOR,

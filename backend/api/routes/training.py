@@ -17,8 +17,9 @@ ADMIN = [Depends(require_role("admin"))]
 
 def run_public(run: TrainingRun) -> TrainingRunPublic:
     return TrainingRunPublic(
-        id=run.id, state=run.state.value, trigger=run.trigger, preset=run.preset, base_version=run.base_version,
-        candidate_version=run.candidate_version, iteration=run.iteration, total_iterations=run.total_iterations,
+        id=run.id, state=run.state.value, trigger=run.trigger, preset=run.preset,
+        base_version=run.base_version, candidate_version=run.candidate_version,
+        iteration=run.iteration, total_iterations=run.total_iterations,
         losses=run.losses or {}, metrics=run.metrics or {}, decision=run.decision or {},
         data_summary=run.data_summary or {}, eta_seconds=training.eta_seconds(run), error=run.error,
         created_at=run.created_at, started_at=run.started_at, finished_at=run.finished_at,
