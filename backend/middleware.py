@@ -22,13 +22,13 @@ from typing import Any
 import anyio
 from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import DBAPIError
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.config import Settings
 from backend.errors import DomainError, Forbidden, TooLarge, Unauthorized
-from backend.security import ROLE_RANK, Principal
+from backend.security import ROLE_RANK, Principal, cached_principal
 from backend.tables import Role
 
 log = logging.getLogger("dualseg.api")
@@ -37,6 +37,12 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("dualseg_reques
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BODY_SLACK = 1024 * 1024  # multipart framing around the files
+SECURITY_HEADERS = (  # added to every answer that does not set them itself
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+)
 
 
 # Request IDs in log lines ----------------------------------------------------------------------------
@@ -128,18 +134,22 @@ class RequestContextMiddleware:
         rid = given if _VALID_ID.match(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(rid)
         is_api = scope["path"].startswith("/api/")
+        rid_header = (b"x-request-id", rid.encode())
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = rid
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                headers.setdefault("X-Frame-Options", "DENY")
-                headers.setdefault("Referrer-Policy", "no-referrer")
-                if "content-security-policy" not in headers:
-                    headers["Content-Security-Policy"] = "frame-ancestors 'none'"
-                if is_api and headers.get("content-type", "").startswith("application/json"):
-                    headers.setdefault("Cache-Control", "no-store")
+                # one pass over the raw headers (MutableHeaders scans them again for every header set)
+                raw = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
+                present = {k.lower(): v for k, v in raw}
+                raw.append(rid_header)
+                raw += [h for h in SECURITY_HEADERS if h[0] not in present]
+                if (
+                    is_api
+                    and b"cache-control" not in present
+                    and present.get(b"content-type", b"").startswith(b"application/json")
+                ):
+                    raw.append((b"cache-control", b"no-store"))
+                message["headers"] = raw
             await send(message)
 
         try:
@@ -247,7 +257,10 @@ class EarlyGuardMiddleware:
                 if slots is None:
                     continue
                 try:
-                    await asyncio.wait_for(slots.acquire(), timeout=self.wait_s)
+                    if slots.locked():
+                        await asyncio.wait_for(slots.acquire(), timeout=self.wait_s)
+                    else:
+                        await slots.acquire()  # free: no timer and no extra task (wait_for makes one)
                 except TimeoutError:
                     release()
                     await _respond(
@@ -281,7 +294,9 @@ class EarlyGuardMiddleware:
 
     async def _authorise(self, scope: Scope, send: Send, token: str, needed: Role) -> bool:
         try:
-            principal = await anyio.to_thread.run_sync(self._authenticate, scope, token)
+            principal = cached_principal(self.settings.secret_key, token)
+            if principal is None:
+                principal = await anyio.to_thread.run_sync(self._authenticate, scope, token)
             if ROLE_RANK[principal.role] < ROLE_RANK[needed]:
                 raise Forbidden(f"this needs the {needed.value} role; your token has {principal.role.value}")
         except DomainError as exc:

@@ -10,13 +10,14 @@ from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from backend.broker import make_celery
 from backend.config import Settings
 from backend.db import session_scope
 from backend.errors import Unauthorized
 from backend.oidc import OidcValidator, looks_like_jwt
-from backend.security import ANONYMOUS_ADMIN, Principal, authenticate, require
+from backend.security import ANONYMOUS_ADMIN, Principal, authenticate, cached_principal, require
 from backend.storage import ArtifactStore
 from backend.tables import Role
 
@@ -56,8 +57,9 @@ _bearer = HTTPBearer(auto_error=False, description="a token from `dualseg tokens
 MISSING_TOKEN = "send 'Authorization: Bearer <token>' (create one with: dualseg tokens create)"
 
 
-def resolve_principal(session: Session, settings: Settings, token: str,
-                      oidc: OidcValidator | None) -> Principal:
+def resolve_principal(
+    session: Session, settings: Settings, token: str, oidc: OidcValidator | None
+) -> Principal:
     """A dualseg API token (``dsg_…``, checked against the database) or, when OIDC is configured, a JWT
     of the site's identity provider."""
     if oidc is not None and looks_like_jwt(token):
@@ -65,11 +67,13 @@ def resolve_principal(session: Session, settings: Settings, token: str,
     return authenticate(session, settings.secret_key, token)
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     session: Annotated[Session, Depends(get_session, scope="function")],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """Async, so that a cached token (backend.security) costs no trip through the thread pool; a lookup
+    that needs the database or the identity provider runs in the pool."""
     settings: Settings = request.app.state.settings
     early: Principal | None = getattr(request.state, "principal", None)  # set by backend.middleware
     if not settings.auth_enabled:
@@ -79,8 +83,12 @@ def get_principal(
     else:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise Unauthorized(MISSING_TOKEN)
-        principal = resolve_principal(session, settings, credentials.credentials,
-                                      getattr(request.app.state, "oidc", None))
+        token = credentials.credentials
+        cached = cached_principal(settings.secret_key, token)
+        if cached is None:
+            oidc = getattr(request.app.state, "oidc", None)
+            cached = await run_in_threadpool(resolve_principal, session, settings, token, oidc)
+        principal = cached
     request.state.principal = principal
     return principal
 
@@ -89,7 +97,7 @@ def require_role(role: str | Role):  # type: ignore[no-untyped-def]
     """Dependency factory: ``dependencies=[Depends(require_role("annotator"))]``."""
     needed = Role(role)
 
-    def dependency(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def dependency(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         return require(principal, needed)
 
     dependency.__name__ = f"require_{needed.value}"
@@ -112,10 +120,18 @@ AdminDep = Annotated[Principal, Depends(require_role(Role.admin))]
 def send_job(celery: Celery, task: str, job_id: str, queue: str) -> bool:
     """Send after commit. A broker outage is not fatal: the row stays queued and the sweeper re-sends."""
     try:
-        celery.send_task(task, args=[job_id], queue=queue, retry=True,
-                         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+        celery.send_task(
+            task,
+            args=[job_id],
+            queue=queue,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
         return True
     except Exception as exc:  # noqa: BLE001 - any broker failure
-        log.warning("could not send job %s to the broker (%s); the sweeper will re-send it",
-                    job_id, type(exc).__name__)
+        log.warning(
+            "could not send job %s to the broker (%s); the sweeper will re-send it",
+            job_id,
+            type(exc).__name__,
+        )
         return False

@@ -17,6 +17,7 @@ from backend.imaging.nifti import read_nifti
 from backend.imaging.pmap import build_entropy_pmap
 from backend.imaging.seg import build_seg
 from backend.imaging.synthetic import nifti_to_dicom_series
+from backend.imaging.volume import ImageVolume
 from backend.services.artifacts import artifact_key
 from backend.services.results import Outputs
 from backend.storage import ArtifactStore
@@ -25,19 +26,31 @@ from backend.tables import Case, Job
 log = logging.getLogger("dualseg.dicom_outputs")
 
 
-def source_for_case(settings: Settings, store: ArtifactStore, case: Case) -> DicomSource:
-    """The DICOM source a derived object references."""
+def source_for_case(
+    settings: Settings, store: ArtifactStore, case: Case, image: ImageVolume | None = None
+) -> DicomSource:
+    """The DICOM source a derived object references. ``image``: the case's stored image (``image_key``)
+    when the caller has read it already (a NIfTI case's source is made from it)."""
     if case.source_format == "dicom" and case.source_key:
         files = sorted(str(p) for p in store.path(case.source_key).iterdir() if p.is_file())
         volume = read_dicom_series(files, series_uid=case.series_uid, max_voxels=settings.max_voxels)
         assert volume.dicom is not None
         return volume.dicom
-    volume = read_nifti(store.path(case.image_key), max_voxels=settings.max_voxels)
-    return nifti_to_dicom_series(volume, modality="CT" if case.modality == "CT" else "MR", uid_seed=case.id)
+    if image is None:
+        image = read_nifti(store.path(case.image_key), max_voxels=settings.max_voxels)
+    return nifti_to_dicom_series(image, modality="CT" if case.modality == "CT" else "MR", uid_seed=case.id)
 
 
-def write_dicom_outputs(settings: Settings, store: ArtifactStore, case_id: str, job_id: str, out: Outputs,
-                        card: dict[str, Any], version: str) -> list[str]:
+def write_dicom_outputs(
+    settings: Settings,
+    store: ArtifactStore,
+    case_id: str,
+    job_id: str,
+    out: Outputs,
+    card: dict[str, Any],
+    version: str,
+    image: ImageVolume | None = None,
+) -> list[str]:
     """Write seg.dcm and entropy-pm.dcm; returns the kinds written. When the geometry cannot be expressed
     in DICOM (e.g. a sheared NIfTI affine) the NIfTI outputs still stand and the reason is kept on the job."""
     with session_scope(settings.resolved_database_url) as s:
@@ -45,7 +58,7 @@ def write_dicom_outputs(settings: Settings, store: ArtifactStore, case_id: str, 
         assert case is not None
         s.expunge(case)
     try:
-        source = source_for_case(settings, store, case)
+        source = source_for_case(settings, store, case, image)
         seg = build_seg(out.mask, source, card["classes"], model_version=version, uid_seed=job_id)
         pm = build_entropy_pmap(out.entropy, source, model_version=version, uid_seed=job_id)
     except ImagingError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -27,36 +28,44 @@ class Outputs:
     regions: list[dict[str, Any]]
     affine: np.ndarray
 
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        return uncertainty_summary(self.mask, self.entropy, self.regions)
 
-def uncertainty_summary(mask: np.ndarray, entropy: np.ndarray, regions: list[dict[str, Any]]) -> dict[str, Any]:
+
+def uncertainty_summary(
+    mask: np.ndarray, entropy: np.ndarray, regions: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Worklist numbers: mean entropy overall and in the region of interest (foreground ∪ entropy ≥ 0.05)."""
     roi = (mask > 0) | (entropy >= ROI_ENTROPY)
     score = float(entropy[roi].mean()) if roi.any() else 0.0
     return {"mean_entropy": float(entropy.mean()), "uncertainty_score": score, "region_count": len(regions)}
 
 
-def write_volume_outputs(store: ArtifactStore, case_id: str, job_id: str, out: Outputs,
-                         model: dict[str, Any]) -> list[str]:
+def write_volume_outputs(
+    store: ArtifactStore, case_id: str, job_id: str, out: Outputs, model: dict[str, Any]
+) -> list[str]:
     """NIfTI + JSON artifacts; returns the artifact kinds written."""
-    kinds = []
-    store.write_with(artifact_key(case_id, job_id, "mask_nifti"),
-                     lambda p: write_nifti(p, out.mask.astype(np.uint8), out.affine, dtype=np.uint8))
-    kinds.append("mask_nifti")
-    store.write_with(artifact_key(case_id, job_id, "entropy_nifti"),
-                     lambda p: write_nifti(p, out.entropy.astype(np.float32), out.affine, dtype=np.float32))
-    kinds.append("entropy_nifti")
+    volumes: list[tuple[str, np.ndarray, type]] = [
+        ("mask_nifti", out.mask, np.uint8),
+        ("entropy_nifti", out.entropy, np.float32),
+    ]
     if out.disagreement is not None:
-        store.write_with(artifact_key(case_id, job_id, "disagreement_nifti"),
-                         lambda p: write_nifti(p, out.disagreement.astype(np.float32), out.affine,
-                                               dtype=np.float32))
-        kinds.append("disagreement_nifti")
+        volumes.append(("disagreement_nifti", out.disagreement, np.float32))
+    kinds = []
+    for kind, array, dtype in volumes:  # write_nifti casts, without a copy when the dtype matches
+        store.write_with(
+            artifact_key(case_id, job_id, kind),
+            partial(write_nifti, array=array, affine=out.affine, dtype=dtype),
+        )
+        kinds.append(kind)
     doc = {
         "case_id": case_id,
         "job_id": job_id,
         "model": model,
         "shape": list(out.mask.shape),
         "affine": np.asarray(out.affine, dtype=float).tolist(),
-        "summary": uncertainty_summary(out.mask, out.entropy, out.regions),
+        "summary": out.summary,
         "regions": out.regions,
     }
     store.put_bytes(artifact_key(case_id, job_id, "regions_json"), json.dumps(doc, indent=1).encode())

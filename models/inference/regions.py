@@ -60,12 +60,21 @@ def extract_regions(
         raise ValueError(f"mask shape {np.shape(mask)} != entropy shape {entropy.shape}")
     if max_regions <= 0:
         return []
-    labels, count = ndimage.label(entropy >= threshold, structure=_STRUCTURE_26)
-    if count == 0:
+    # label only the bounding box of the uncertain voxels (usually a small part of the volume); raster
+    # order, and so the label numbering, is the same as in the whole array
+    uncertain = entropy >= threshold
+    boxes = ndimage.find_objects(uncertain.view(np.uint8))
+    if not boxes:
         return []
-    flat = labels.ravel()
-    sizes = np.bincount(flat, minlength=count + 1)[1:]
-    masses = np.bincount(flat, weights=entropy.ravel().astype(np.float64), minlength=count + 1)[1:]
+    crop = boxes[0]
+    base = np.array([sl.start for sl in crop], dtype=np.int64)
+    uncertain, entropy = uncertain[crop], entropy[crop]
+    if mask is not None:
+        mask = np.asarray(mask)[crop]
+    labels, count = ndimage.label(uncertain, structure=_STRUCTURE_26)
+    voxel_labels = labels[uncertain]  # only the labelled voxels, in raster order
+    sizes = np.bincount(voxel_labels, minlength=count + 1)[1:]
+    masses = np.bincount(voxel_labels, weights=entropy[uncertain], minlength=count + 1)[1:]
     ids = np.flatnonzero(sizes >= max(int(min_voxels), 1)) + 1
     if ids.size == 0:
         return []
@@ -81,16 +90,15 @@ def extract_regions(
         assert box is not None
         inside = labels[box] == lab
         values = entropy[box][inside].astype(np.float64)
-        offset = np.array([s.start for s in box], dtype=np.float64)
+        lo = np.array([s.start for s in box], dtype=np.int64) + base
+        hi = np.array([s.stop - 1 for s in box], dtype=np.int64) + base
         coords = np.nonzero(inside)
-        centroid = np.array([c.mean() for c in coords]) + offset
-        lo = np.array([s.start for s in box], dtype=np.int64)
-        hi = np.array([s.stop - 1 for s in box], dtype=np.int64)
+        centroid = np.array([c.mean() for c in coords]) + lo
         corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))), dtype=np.float64)
         corners_mm = _to_mm(affine, corners)
         n_vox = int(sizes[lab - 1])
         mass = float(masses[lab - 1])
-        present = [] if mask is None else [int(v) for v in np.unique(np.asarray(mask)[box][inside])]
+        present = [] if mask is None else [int(v) for v in np.unique(mask[box][inside])]
         regions.append(
             {
                 "rank": rank,

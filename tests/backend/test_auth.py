@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def test_tokens_are_stored_hashed(setup: tuple[TestClient, Settings]) -> None:
     token, tid = _token(s, Role.viewer)
     with session_scope(s.resolved_database_url) as session:
         row = session.get(ApiToken, tid)
-        assert row is not None and row.token_hash == hash_token(token, s.secret_key) and token not in row.token_hash
+        assert row is not None
+        assert row.token_hash == hash_token(token, s.secret_key) and token not in row.token_hash
 
 
 def test_missing_invalid_expired_revoked(setup: tuple[TestClient, Settings]) -> None:
@@ -64,3 +66,41 @@ def test_role_order(setup: tuple[TestClient, Settings]) -> None:
     assert r.status_code == 403 and "annotator" in r.json()["error"]["message"]
     r = c.delete("/api/v1/cases/abc", headers={"Authorization": f"Bearer {annotator}"})
     assert r.status_code == 403 and "admin" in r.json()["error"]["message"]
+
+
+def test_token_cache_keeps_expiry_and_revocation(
+    setup: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Token lookups are cached for CACHE_TTL_S: expiry still applies on every request, a revocation
+    made outside this process (here: the row edited directly) within the TTL, and the cache is bounded."""
+    import backend.security as security
+
+    c, s = setup
+    monkeypatch.setattr(security, "CACHE_TTL_S", 0.3)
+    token, _ = _token(s, Role.viewer, timedelta(hours=1))
+    h = {"Authorization": f"Bearer {token}"}
+    assert c.get("/api/v1/cases", headers=h).status_code == 200
+    later = security.utcnow() + timedelta(hours=2)
+    monkeypatch.setattr(security, "utcnow", lambda: later)
+    r = c.get("/api/v1/cases", headers=h)
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+    monkeypatch.undo()
+
+    monkeypatch.setattr(security, "CACHE_TTL_S", 0.3)
+    token, tid = _token(s, Role.viewer)
+    h = {"Authorization": f"Bearer {token}"}
+    assert c.get("/api/v1/cases", headers=h).status_code == 200
+    with session_scope(s.resolved_database_url) as session:
+        row = session.get(ApiToken, tid)
+        assert row is not None
+        row.revoked_at = security.utcnow()  # not through revoke(): as another process would
+    assert c.get("/api/v1/cases", headers=h).status_code == 200  # still cached
+    time.sleep(0.35)
+    r = c.get("/api/v1/cases", headers=h)
+    assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+
+    monkeypatch.setattr(security, "CACHE_MAX", 2)
+    for _ in range(3):
+        other, _ = _token(s, Role.viewer)
+        assert c.get("/api/v1/cases", headers={"Authorization": f"Bearer {other}"}).status_code == 200
+        assert len(security._CACHE) <= 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from backend.config import Settings
 from backend.db import session_scope
 from backend.imaging.errors import ImagingError
 from backend.imaging.nifti import read_nifti
+from backend.imaging.volume import ImageVolume
 from backend.services import artifacts, jobs, registry, results
 from backend.storage import ArtifactStore
 from backend.tables import Case, JobState
@@ -46,8 +48,14 @@ class Heartbeat:
             jobs.heartbeat(s, self.job_id, progress, stage, self.settings.job_lease_s)
 
 
-def run_segment(settings: Settings, store: ArtifactStore, cache: ModelCache, job_id: str, worker_name: str,
-                enqueue: jobs.Enqueue) -> str:
+def run_segment(
+    settings: Settings,
+    store: ArtifactStore,
+    cache: ModelCache,
+    job_id: str,
+    worker_name: str,
+    enqueue: jobs.Enqueue,
+) -> str:
     url = settings.resolved_database_url
     with session_scope(url) as s:
         job = jobs.claim(s, job_id, worker_name, settings.job_lease_s)
@@ -58,8 +66,12 @@ def run_segment(settings: Settings, store: ArtifactStore, cache: ModelCache, job
         active = registry.active_version(s)
         version = job.model_version or (active.version if active else None)
         if version is None:
-            jobs.finish(s, job_id, JobState.failed,
-                        error="no model is active: import and promote one (dualseg models import), then re-run")
+            jobs.finish(
+                s,
+                job_id,
+                JobState.failed,
+                error="no model is active: import and promote one (dualseg models import), then re-run",
+            )
             return "failed"
         mv = registry.get_version(s, version)
         job.model_version = version
@@ -76,19 +88,40 @@ def run_segment(settings: Settings, store: ArtifactStore, cache: ModelCache, job
         volume = read_nifti(store.path(image_key))
         timings["read"] = time.perf_counter() - t1
         beat(P_LOADED, "inference", force=True)
-        pred = predictor.predict(volume.array, volume.affine,
-                                 progress=lambda f: beat(P_LOADED + (P_INFERRED - P_LOADED) * f, "inference"))
+        pred = predictor.predict(
+            volume.array,
+            volume.affine,
+            progress=lambda f: beat(P_LOADED + (P_INFERRED - P_LOADED) * f, "inference"),
+        )
         timings.update({f"predict_{k}": float(v) for k, v in pred.timings.items()})
         beat(P_INFERRED, "writing results", force=True)
         t2 = time.perf_counter()
-        out = results.Outputs(mask=pred.mask, entropy=pred.entropy, disagreement=pred.disagreement,
-                              regions=pred.regions, affine=volume.affine)
+        out = results.Outputs(
+            mask=pred.mask,
+            entropy=pred.entropy,
+            disagreement=pred.disagreement,
+            regions=pred.regions,
+            affine=volume.affine,
+        )
         model_info = {"version": version, "name": card.get("name"), "content_hash": model_hash}
-        kinds = results.write_volume_outputs(store, case_id, job_id, out, model_info)
-        kinds += _write_dicom_outputs(settings, store, case_id, job_id, out, card, version)
+        # NIfTI + JSON in a second thread (gzip and file writes release the GIL) while this one builds
+        # the DICOM objects (Python-bound); the files are independent
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-nifti") as pool:
+            nifti = pool.submit(
+                _timed,
+                timings,
+                "write_nifti",
+                lambda: results.write_volume_outputs(store, case_id, job_id, out, model_info),
+            )
+            dicom = _timed(
+                timings,
+                "write_dicom",
+                lambda: _write_dicom_outputs(settings, store, case_id, job_id, out, card, version, volume),
+            )
+            kinds = nifti.result() + dicom
         timings["write"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0
-        summary = results.uncertainty_summary(out.mask, out.entropy, out.regions)
+        summary = out.summary
         with session_scope(url) as s:
             for kind in kinds:
                 artifacts.record(s, store, case_id, job_id, kind)
@@ -117,11 +150,26 @@ def run_segment(settings: Settings, store: ArtifactStore, cache: ModelCache, job
     except (ImagingError, ValueError) as exc:
         return _fail(url, job_id, f"the volume could not be segmented: {exc}", timings)
     except MemoryError:
-        return _fail(url, job_id, "out of memory: the volume is too large for this worker; "
-                     "resample it or use a worker with more memory", timings)
+        return _fail(
+            url,
+            job_id,
+            "out of memory: the volume is too large for this worker; "
+            "resample it or use a worker with more memory",
+            timings,
+        )
     except Exception as exc:  # noqa: BLE001 - a last failure is recorded, never lost
         log.exception("job %s failed", job_id)
-        return _fail(url, job_id, f"internal error ({type(exc).__name__}: {exc}); see the worker log", timings)
+        return _fail(
+            url, job_id, f"internal error ({type(exc).__name__}: {exc}); see the worker log", timings
+        )
+
+
+def _timed(timings: dict[str, float], name: str, fn: Callable[[], list[str]]) -> list[str]:
+    t0 = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        timings[name] = time.perf_counter() - t0
 
 
 def _fail(url: str, job_id: str, message: str, timings: dict[str, float]) -> str:
@@ -143,24 +191,38 @@ def _retry_later(settings: Settings, job_id: str, reason: str, enqueue: jobs.Enq
     else:
         return "lost-contact"  # the sweeper re-sends it once its lease expires
     if again:
-        time.sleep(min(30.0, 2.0 ** attempts))
+        time.sleep(min(30.0, 2.0**attempts))
         enqueue(SEGMENT_TASK, job_id, queue)
         return "retrying"
     return "failed"
 
 
-def _write_dicom_outputs(settings: Settings, store: ArtifactStore, case_id: str, job_id: str,
-                         out: results.Outputs, card: dict[str, Any], version: str) -> list[str]:
+def _write_dicom_outputs(
+    settings: Settings,
+    store: ArtifactStore,
+    case_id: str,
+    job_id: str,
+    out: results.Outputs,
+    card: dict[str, Any],
+    version: str,
+    image: ImageVolume,
+) -> list[str]:
     from backend.services.dicom_outputs import write_dicom_outputs
 
-    return write_dicom_outputs(settings, store, case_id, job_id, out, card, version)
+    return write_dicom_outputs(settings, store, case_id, job_id, out, card, version, image)
 
 
 def register_segment_task(app: Celery, settings: Settings, enqueue: Callable[[str, str, str], None]) -> None:
     store = ArtifactStore(settings.resolved_storage_dir)
     cache = ModelCache(settings.device, settings.inference_amp, settings.inference_overlap)
 
-    @app.task(name=SEGMENT_TASK, bind=True, acks_late=True, ignore_result=True,
-              soft_time_limit=settings.job_time_limit_s, time_limit=settings.job_time_limit_s + 60)
+    @app.task(
+        name=SEGMENT_TASK,
+        bind=True,
+        acks_late=True,
+        ignore_result=True,
+        soft_time_limit=settings.job_time_limit_s,
+        time_limit=settings.job_time_limit_s + 60,
+    )
     def segment(self: Any, job_id: str) -> str:
         return run_segment(settings, store, cache, job_id, self.request.hostname or "worker", enqueue)
