@@ -2,14 +2,21 @@
 
 Baseline: ``monai.inferers.sliding_window_inference`` run once per net (same roi, overlap, gaussian
 blending and window batch), the two softmax maps averaged and the entropy taken — what one would write
-with MONAI alone. dualseg: ``Predictor.model_probabilities`` (both nets on the same batched windows,
-cached gaussian map, preallocated accumulators, BatchNorm folded) + the same entropy. Both run in this
-process, alternating, on the same input; the ratio is baseline seconds / dualseg seconds.
+with MONAI alone, on the package's plain eval-mode nets (BatchNorm not folded, no graph rewriting).
+dualseg: ``Predictor.model_probabilities`` (both nets on the same batched windows, cached gaussian map,
+preallocated accumulators, BatchNorm folded and, on a CPU in float32, the nets run as oneDNN graphs:
+channels-last, prepacked weights, ReLU and residual sums fused into the convolutions — see
+models/inference/onednn.py) + the same entropy. Both run in this process, alternating, on the same
+input, with the same torch thread count; the ratio is baseline seconds / dualseg seconds.
 
     python bench/inference.py                          # CPU, full-size nets, 128×128×96 and 256×256×96
     python bench/inference.py --sizes 128x128x96 --record
+    python bench/inference.py --onednn off             # dualseg without the oneDNN graphs (plain modules)
     python bench/inference.py --device cuda --amp --record
     python bench/inference.py --starter                # the shipped starter model instead
+
+To see what a CPU without AVX-512 would do on a machine that has it, run with
+``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2`` (both sides obey them).
 """
 
 from __future__ import annotations
@@ -34,15 +41,26 @@ def full_size_package(tmp: Path, patch: tuple[int, int, int], seed: int = 0) -> 
     torch.manual_seed(seed)
     nets = [build_network(n, in_channels=1, num_classes=2, width=16) for n in ("resnet_vnet", "vnet")]
     code = {"code": "123037004", "scheme": "SCT", "meaning": "Anatomical Structure"}
-    classes = [{"index": i, "name": n, "category": code, "type": code, "color": [i * 200, 0, 0]}
-               for i, n in enumerate(("background", "foreground"))]
-    card = ModelCard(name="bench-full", version="bench-full-1",
-                     architecture={"in_channels": 1, "num_classes": 2, "net_a": {"name": "resnet_vnet", "width": 16},
-                                   "net_b": {"name": "vnet", "width": 16}},
-                     classes=classes, preprocessing={"spacing": [1.0, 1.0, 1.0], "orientation": "RAS",
-                                                     "intensity": {"mode": "zscore"}},
-                     patch_size=list(patch), training={"note": "random weights (benchmark)"}, metrics={},
-                     parent_version=None)
+    classes = [
+        {"index": i, "name": n, "category": code, "type": code, "color": [i * 200, 0, 0]}
+        for i, n in enumerate(("background", "foreground"))
+    ]
+    card = ModelCard(
+        name="bench-full",
+        version="bench-full-1",
+        architecture={
+            "in_channels": 1,
+            "num_classes": 2,
+            "net_a": {"name": "resnet_vnet", "width": 16},
+            "net_b": {"name": "vnet", "width": 16},
+        },
+        classes=classes,
+        preprocessing={"spacing": [1.0, 1.0, 1.0], "orientation": "RAS", "intensity": {"mode": "zscore"}},
+        patch_size=list(patch),
+        training={"note": "random weights (benchmark)"},
+        metrics={},
+        parent_version=None,
+    )
     return save_package(tmp / "bench-full", nets[0], nets[1], card)
 
 
@@ -56,6 +74,7 @@ def baseline(package, image: torch.Tensor, patch, overlap: float, batch: int, am
 
     probs = []
     for net in (package.net_a, package.net_b):
+
         def run(x: torch.Tensor, net=net) -> torch.Tensor:  # type: ignore[no-untyped-def]
             with torch.autocast(image.device.type, dtype=amp, enabled=amp is not None):
                 return torch.softmax(net(x)[0].float(), dim=1)
@@ -82,6 +101,12 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (both methods)")
     ap.add_argument("--starter", action="store_true", help="use the shipped starter model")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument(
+        "--onednn",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="dualseg's oneDNN graphs (Predictor(onednn=...)): auto = where they apply",
+    )
     ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = ap.parse_args()
     if args.threads:
@@ -101,7 +126,10 @@ def main() -> None:
     else:
         path = full_size_package(tmp, tuple(int(v) for v in args.patch.split("x")))
     package = load_package(path, device)
-    predictor = Predictor(package, device, overlap=args.overlap, batch_size=args.batch, amp=args.amp)
+    onednn = {"auto": None, "on": True, "off": False}[args.onednn]
+    predictor = Predictor(
+        package, device, overlap=args.overlap, batch_size=args.batch, amp=args.amp, onednn=onednn
+    )
     amp = resolve_amp(args.amp, device)
     patch = predictor.patch_size
     rows = []
@@ -129,16 +157,28 @@ def main() -> None:
                     del ent
         ratio = best["baseline"] / best["dualseg"]
         rows.append((size, n, best, peak, ratio))
-        print(f"{size}: {n} windows; baseline {best['baseline']:.2f} s, dualseg {best['dualseg']:.2f} s, "
-              f"ratio {ratio:.2f}", flush=True)
+        print(
+            f"{size}: {n} windows; baseline {best['baseline']:.2f} s, dualseg {best['dualseg']:.2f} s, "
+            f"ratio {ratio:.2f}",
+            flush=True,
+        )
     model = "starter model" if args.starter else f"full-size nets (random weights), patch {args.patch}"
-    lines = [f"{model}; overlap {args.overlap}; window batch {args.batch}; amp {amp}; device {device}; "
-             f"best of {max(args.repeat, 1)} after a warm-up", "",
-             "| volume | windows | MONAI per-net s | dualseg s | windows/s (dualseg, per net) | peak MB MONAI | "
-             "peak MB dualseg | ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    path = "oneDNN graphs" if predictor.onednn else "plain modules"
+    cpu = f"CPU capability {torch.backends.cpu.get_cpu_capability()}, " if device.type == "cpu" else ""
+    lines = [
+        f"{model}; overlap {args.overlap}; window batch {args.batch}; amp {amp}; device {device}; "
+        f"{cpu}torch threads {torch.get_num_threads()} (both sides); dualseg nets: {path} (BatchNorm "
+        f"folded); best of {max(args.repeat, 1)} after a warm-up",
+        "",
+        "| volume | windows | MONAI per-net s | dualseg s | windows/s (dualseg, per net) | peak MB MONAI | "
+        "peak MB dualseg | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for size, n, best, peak, ratio in rows:
-        lines.append(f"| {size} | {n} | {best['baseline']:.2f} | {best['dualseg']:.2f} | {n / best['dualseg']:.2f} | "
-                     f"{peak['baseline'] / 2**20:.0f} | {peak['dualseg'] / 2**20:.0f} | ratio {ratio:.2f} |")
+        lines.append(
+            f"| {size} | {n} | {best['baseline']:.2f} | {best['dualseg']:.2f} | {n / best['dualseg']:.2f} | "
+            f"{peak['baseline'] / 2**20:.0f} | {peak['dualseg'] / 2**20:.0f} | ratio {ratio:.2f} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.record:

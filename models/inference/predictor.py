@@ -26,6 +26,7 @@ import torch
 
 from models.data.transforms import PreprocessRecord, from_canonical, preprocess, to_canonical_grid
 from models.inference.fuse import fold_batchnorm
+from models.inference.onednn import onednn_available, onednn_graph
 from models.inference.regions import extract_regions
 from models.inference.sliding import ImportanceMapCache, sliding_window_dual
 from models.package import ModelPackage
@@ -108,6 +109,11 @@ class Predictor:
         amp: autocast setting, see :func:`resolve_amp`.
         disagreement: also compute the per-net disagreement map (keeps one buffer per net).
         fold_bn: fold eval-mode BatchNorm into the convolutions (same results up to float rounding).
+        onednn: run the (folded) nets as oneDNN graphs — every convolution on oneDNN, channels-last,
+            prepacked weights, ReLU and residual sums fused (models/inference/onednn.py; same results up
+            to float rounding). ``None`` (default) = on where it applies: a CPU device, float32 (no
+            autocast), ``fold_bn`` on, and a torch build with the oneDNN ops; ``True`` raises
+            ValueError where it does not apply; ``False`` = the plain eval-mode modules.
         region_threshold, min_region_voxels, max_regions: passed to
             :func:`~models.inference.regions.extract_regions`.
     """
@@ -124,6 +130,7 @@ class Predictor:
         min_region_voxels: int = 10,
         max_regions: int = 20,
         fold_bn: bool = True,
+        onednn: bool | None = None,
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -134,12 +141,22 @@ class Predictor:
         self.device = torch.device(device)
         self.net_a = package.net_a.to(self.device).eval()
         self.net_b = package.net_b.to(self.device).eval()
-        if fold_bn:  # inference-only copies with BatchNorm folded into the convolutions (models/inference/fuse.py)
+        self.amp_dtype = resolve_amp(amp, self.device)
+        applies = bool(fold_bn) and self.amp_dtype is None and onednn_available(self.device)
+        if onednn and not applies:
+            raise ValueError(
+                "onednn=True needs a CPU device, fold_bn=True, no autocast and a torch build "
+                "with the oneDNN ops"
+            )
+        self.onednn = applies if onednn is None else bool(onednn)
+        if fold_bn:  # inference-only copies with BatchNorm folded into the convolutions (inference/fuse.py)
             self.net_a = fold_batchnorm(self.net_a)[0]
             self.net_b = fold_batchnorm(self.net_b)[0]
+        if self.onednn:  # oneDNN graphs of the folded copies (models/inference/onednn.py)
+            self.net_a = onednn_graph(self.net_a)
+            self.net_b = onednn_graph(self.net_b)
         self.overlap = float(overlap)
         self.batch_size = int(batch_size)
-        self.amp_dtype = resolve_amp(amp, self.device)
         self.disagreement = bool(disagreement)
         self.region_threshold = float(region_threshold)
         self.min_region_voxels = int(min_region_voxels)

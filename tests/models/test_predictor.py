@@ -13,6 +13,8 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from models.data.transforms import preprocess
+from models.inference.fuse import fold_batchnorm
+from models.inference.onednn import OneDNNConv, OneDNNNet, onednn_available, onednn_graph
 from models.inference.predictor import Predictor, normalized_entropy, resolve_amp
 from models.inference.sliding import (
     ImportanceMapCache,
@@ -21,6 +23,7 @@ from models.inference.sliding import (
     window_starts,
 )
 from models.networks import build_network
+from models.networks.blocks import ConvStage
 from models.package import ModelCard, ModelPackage, load_package, save_package
 from tests.models.test_package import _one_thread, card_dict, make_card, make_nets  # noqa: F401
 
@@ -314,3 +317,117 @@ def test_folded_batchnorm_matches_the_original_networks() -> None:
             (la, fa), (lb, fb) = net(x), fused(x)
         torch.testing.assert_close(lb, la, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(fb, fa, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ oneDNN graph
+needs_onednn = pytest.mark.skipif(not onednn_available("cpu"), reason="torch build without the oneDNN ops")
+
+
+def _random_bn(net: nn.Module) -> nn.Module:
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    ("name", "in_channels", "num_classes", "residual"),
+    [
+        ("vnet", 1, 2, True),
+        ("resnet_vnet", 1, 3, True),
+        ("vnet", 4, 2, True),  # stage 1 residual: its input is the caller's tensor, never overwritten
+        ("vnet", 1, 2, False),
+        ("resnet_vnet", 2, 2, False),
+    ],
+)
+def test_onednn_graph_matches_the_plain_network(
+    name: str, in_channels: int, num_classes: int, residual: bool
+) -> None:
+    torch.manual_seed(0)
+    net = _random_bn(build_network(name, in_channels, num_classes, width=4, residual=residual))
+    graph = onednn_graph(fold_batchnorm(net)[0])
+    assert not any(isinstance(m, nn.Conv3d | nn.ConvTranspose3d | nn.BatchNorm3d) for m in graph.modules())
+    convs = [m for m in graph.modules() if isinstance(m, OneDNNConv)]
+    assert sum(c.post == "relu" for c in convs) > len(convs) // 2  # ReLUs went into the convolutions
+    if residual:
+        assert any(getattr(m, "inplace", False) for m in graph.modules())  # in-place residual sums used
+    x2 = torch.randn(2, in_channels, 32, 32, 16)
+    x1 = torch.randn(1, in_channels, 48, 32, 32)
+    with torch.inference_mode():
+        for x in (x2, x1, x2):  # weights are prepacked for the first shape; other shapes stay right
+            before = x.clone()
+            (logits, feats), (ref_logits, ref_feats) = graph(x), net(x)
+            torch.testing.assert_close(x, before, rtol=0, atol=0)  # the input is never written
+            assert logits.is_contiguous() and logits.shape == ref_logits.shape
+            torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(feats, ref_feats, rtol=1e-4, atol=1e-4)
+    assert any(isinstance(m, nn.BatchNorm3d) for m in net.modules())  # the original is untouched
+    with pytest.raises(ValueError, match="BatchNorm"):
+        onednn_graph(net)
+
+
+@needs_onednn
+def test_onednn_residual_sums_write_only_into_temporaries() -> None:
+    torch.manual_seed(0)
+    # A residual stage of one convolution has body(x) == x: the sum must not be written into x.
+    stage = _random_bn(ConvStage(1, 4, 4, residual=True))
+    graph = onednn_graph(fold_batchnorm(stage)[0]).net
+    graph.inplace = True  # as inside the decoder, where the stage owns its input
+    x = torch.randn(1, 4, 8, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        torch.testing.assert_close(graph(x.clone()), stage(x), rtol=1e-4, atol=1e-5)
+    # In a chain the first stage reads the caller's tensor (out-of-place sum), the second one reads
+    # the first one's output (in-place sum).
+    chain = _random_bn(nn.Sequential(ConvStage(2, 4, 4), ConvStage(2, 4, 4)))
+    graph = onednn_graph(fold_batchnorm(chain)[0])
+    assert [m.inplace for m in graph.net] == [False, True]
+    before = x.clone()
+    with torch.inference_mode():
+        torch.testing.assert_close(graph(x), chain(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x, before, rtol=0, atol=0)
+
+
+def test_predictor_onednn_setting(tmp_path: Path) -> None:
+    pkg = real_package(tmp_path)
+    assert Predictor(pkg, "cpu").onednn is onednn_available("cpu")  # default: on where it applies
+    assert Predictor(pkg, "cpu", onednn=False).onednn is False
+    assert Predictor(pkg, "cpu", amp="bf16").onednn is False  # autocast keeps the plain modules
+    assert Predictor(pkg, "cpu", fold_bn=False).onednn is False
+    with pytest.raises(ValueError, match="onednn"):
+        Predictor(pkg, "cpu", amp="bf16", onednn=True)
+
+
+@needs_onednn
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_predictor_onednn_agrees_with_plain_modules(tmp_path: Path, batch_size: int) -> None:
+    pkg = real_package(tmp_path, num_classes=3)
+    vol = np.random.default_rng(1).normal(100, 20, size=(37, 29, 21)).astype(np.float32)
+    aff = oblique_affine((1.1, 0.9, 1.4))
+    fast = Predictor(pkg, "cpu", batch_size=batch_size, onednn=True)
+    plain = Predictor(pkg, "cpu", batch_size=batch_size, onednn=False, fold_bn=False)
+    assert isinstance(fast.net_a, OneDNNNet) and isinstance(fast.net_b, OneDNNNet)
+    image, _ = preprocess(vol, aff, pkg.card.preprocessing)
+    p_fast, p_plain = fast.model_probabilities(image), plain.model_probabilities(image)
+    torch.testing.assert_close(p_fast, p_plain, rtol=0, atol=1e-4)
+    a, b = fast.predict(vol, aff), plain.predict(vol, aff)
+    np.testing.assert_allclose(a.entropy, b.entropy, atol=1e-4)
+    assert (a.mask == b.mask).mean() > 0.999 and (a.disagreement == b.disagreement).mean() > 0.999
+
+
+@needs_onednn
+def test_onednn_graph_keeps_what_it_cannot_convert() -> None:
+    """A convolution oneDNN is not given (here: reflect padding) stays an ``nn.Conv3d``; still right."""
+    torch.manual_seed(0)
+    stage = _random_bn(ConvStage(2, 4, 4, residual=True))
+    stage.body[3].padding_mode = "reflect"  # the last convolution of the residual stage
+    graph = onednn_graph(fold_batchnorm(stage)[0])
+    assert isinstance(graph.net, ConvStage)  # not fused: converted like an unknown module
+    kinds = [type(m).__name__ for m in graph.net.body]
+    assert kinds == ["OneDNNConv", "Conv3d"]
+    x = torch.randn(2, 4, 8, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(graph(x), stage(x), rtol=1e-4, atol=1e-5)
