@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-import nibabel as nib
 import numpy as np
 from sqlalchemy.orm import Session
 
 from backend.imaging.errors import ImagingError
+from backend.imaging.nifti import load_image
 from backend.imaging.png import render_montage_png, render_slice_png
 from backend.services.artifacts import get_artifact
 from backend.storage import ArtifactStore
@@ -19,7 +19,7 @@ Plane = Literal["axial", "coronal", "sagittal"]
 
 
 def _load(store: ArtifactStore, key: str, dtype: type) -> np.ndarray:
-    return np.asarray(nib.load(str(store.path(key))).get_fdata(dtype=np.float32)).astype(dtype)
+    return np.asarray(load_image(store.path(key)).get_fdata(dtype=np.float32)).astype(dtype)
 
 
 def render_preview(session: Session, store: ArtifactStore, case: Case, job: Job, *, axis: Plane,

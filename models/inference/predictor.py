@@ -98,6 +98,22 @@ class Prediction:
     affine: np.ndarray = field(repr=False)
 
 
+def first_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """``argmax`` over the class axis of ``(K, *S)`` finite scores as uint8 (first maximum on ties).
+
+    Same result as ``probs.argmax(dim=0)`` for finite inputs and ``K <= 256``, but a running maximum
+    over the K contiguous class planes instead of a strided reduction across them: several times
+    faster on a CPU for a whole volume (the reduction dominated the post-processing time).
+    """
+    best = probs[0].clone()
+    index = torch.zeros(best.shape, dtype=torch.uint8, device=probs.device)
+    for c in range(1, probs.shape[0]):
+        better = probs[c] > best
+        index.masked_fill_(better, c)
+        torch.maximum(best, probs[c], out=best)
+    return index
+
+
 class Predictor:
     """Runs a loaded :class:`~models.package.ModelPackage` on whole volumes.
 
@@ -228,12 +244,12 @@ class Predictor:
             for start in range(0, shape[0], step):
                 sl = slice(start, start + step)
                 mean = canon[:k, sl]
-                mask[sl] = mean.argmax(dim=0).to(torch.uint8)
+                mask[sl] = first_argmax(mean)
                 entropy[sl] = normalized_entropy(mean)
                 if disagree is not None:
                     p_a = canon[k:, sl]
                     p_b = 2.0 * mean - p_a
-                    disagree[sl] = (p_a.argmax(dim=0) != p_b.argmax(dim=0)).to(torch.float32)
+                    disagree[sl] = (first_argmax(p_a) != first_argmax(p_b)).to(torch.float32)
             del canon
         orient = record.orientation
         mask_np = from_canonical(mask.cpu().numpy(), orient)

@@ -431,3 +431,16 @@ def test_onednn_graph_keeps_what_it_cannot_convert() -> None:
     x = torch.randn(2, 4, 8, 8, 8)
     with torch.inference_mode():
         torch.testing.assert_close(graph(x), stage(x), rtol=1e-4, atol=1e-5)
+
+
+def test_first_argmax_matches_torch_argmax_including_ties() -> None:
+    from models.inference.predictor import first_argmax
+
+    g = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(4, 9, 7, 5, generator=g), dim=0)
+    probs[:, 0, 0, 0] = torch.tensor([0.25, 0.25, 0.25, 0.25])  # four-way tie -> class 0
+    probs[:, 1, 0, 0] = torch.tensor([0.1, 0.4, 0.4, 0.1])  # tie of 1 and 2 -> class 1
+    out = first_argmax(probs)
+    assert out.dtype == torch.uint8
+    assert torch.equal(out.long(), probs.argmax(dim=0))
+    assert int(out[0, 0, 0]) == 0 and int(out[1, 0, 0]) == 1

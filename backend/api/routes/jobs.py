@@ -17,7 +17,8 @@ def get_job(job_id: str, session: SessionDep) -> JobPublic:
     return job_public(session, jobs.get_job(session, job_id))
 
 
-@router.delete("/{job_id}", response_model=JobPublic, dependencies=[Depends(require_role("annotator"))], summary="Cancel a queued or running job")
+@router.delete("/{job_id}", response_model=JobPublic, dependencies=[Depends(require_role("annotator"))],
+               summary="Cancel a queued or running job")
 def cancel_job(job_id: str, request: Request, session: SessionDep) -> JobPublic:
     job = jobs.cancel(session, job_id)
     session.flush()
