@@ -6,7 +6,9 @@ Batch layout: both nets see the same batch of ``B_l + B_u`` crops; the first ``B
 - supervised (labeled part): ``CE + Dice + α·L_cr`` (:mod:`models.losses.supervised`); ``L_cr``
   pulls net n toward the other net where only the other is confident and they disagree.
 - CCE (unlabeled part), weighted by ``w_u(t) = w_u · sigmoid_rampup(t, w_u_rampup)``:
-  ``cps_n + kl_n`` (other net's hard pseudo-label, ``exp(-D)``-weighted CE + mean D),
+  ``cps_n + kl_n`` (other net's hard pseudo-label, ``exp(-D)``-weighted CE + mean D; with
+  ``pseudo_dice`` also the soft Dice of net n against that pseudo-label, as the supervised part pairs
+  CE with Dice),
   ``ef_n`` (entropy-filtered CE toward the joint pseudo-label on n's reliable voxels, q(t)-th
   percentile, ``q`` linear from ``q_start`` to ``q_end`` over the run; per pseudo-class with
   ``classwise_q``) and the shared ``cosine`` term.
@@ -53,6 +55,7 @@ class LossConfig:
     q_start: float = 20.0
     q_end: float = 20.0
     classwise_q: bool = False
+    pseudo_dice: bool = False
     temperature: float = 0.1
     max_samples: int = 2048
     dice_eps: float = 1e-5
@@ -135,6 +138,10 @@ class DualNetLoss:
                 for n in ("a", "b"):
                     terms[f"cps_{n}"], terms[f"kl_{n}"] = cps_kl_loss(lu[n], pu[other[n]])
                     cce = cce + terms[f"cps_{n}"] + terms[f"kl_{n}"]
+                    if c.pseudo_dice:  # class-balanced companion of the pseudo-label CE
+                        terms[f"cps_dice_{n}"] = soft_dice_loss(
+                            pu[n], pu[other[n]].detach().argmax(dim=1), c.dice_eps)
+                        cce = cce + terms[f"cps_dice_{n}"]
             if m.entropy_filter or m.prototype:
                 pseudo = joint_pseudo_label(pu["a"], pu["b"])
                 by_class = pseudo if c.classwise_q else None

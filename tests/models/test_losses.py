@@ -361,6 +361,22 @@ def test_each_unlabeled_term_carries_gradient(module: str, keys: list[str]) -> N
             assert float(grad_u_logits) > 0 and grad_u_feats == 0.0
 
 
+def test_pseudo_dice_is_the_soft_dice_against_the_other_nets_argmax() -> None:
+    t = _leaves(seed=3)
+    cfg = LossConfig(pseudo_dice=True)
+    total, terms = DualNetLoss(cfg, _only(cps_kl=True), 3, 10)(
+        (t["la"], t["fa"]), (t["lb"], t["fb"]), t["y"], iteration=5)
+    pa, pb = torch.softmax(t["la"][2:], 1), torch.softmax(t["lb"][2:], 1)
+    expected_a = soft_dice_loss(pa, pb.argmax(1))
+    assert terms["cps_dice_a"] == pytest.approx(float(expected_a.detach()), rel=1e-6)
+    plain = DualNetLoss(LossConfig(), _only(cps_kl=True), 3, 10)(
+        (t["la"], t["fa"]), (t["lb"], t["fb"]), t["y"], iteration=5)[1]
+    assert "cps_dice_a" not in plain
+    assert terms["cce"] == pytest.approx(plain["cce"] + terms["cps_dice_a"] + terms["cps_dice_b"], rel=1e-5)
+    total.backward()
+    assert t["lb"].grad is not None and float(t["lb"].grad[2:].abs().sum()) > 0
+
+
 def test_supervised_cr_term_changes_labeled_gradient() -> None:
     grads = []
     for cr in (False, True):
