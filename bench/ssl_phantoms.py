@@ -124,7 +124,8 @@ class UncertaintyStats:
 
 def base_config(args: argparse.Namespace, num_labeled: int) -> Any:
     """The shared config: the starter preset at the benchmark's budget, w_u 0.1 (as la_10pct) ramped over the
-    whole run (bench/RESULTS.md lists the exploratory runs behind these values)."""
+    whole run, and the soft Dice against the pseudo-label next to the CPS cross-entropy (``pseudo_dice``;
+    bench/RESULTS.md lists the exploratory runs behind these values)."""
     from models.training.config import load_config
 
     it = args.iterations
@@ -133,7 +134,7 @@ def base_config(args: argparse.Namespace, num_labeled: int) -> Any:
         "patch_size": args.patch, "checkpoint_every": 0, "log_every": 10,
         "networks.net_a.width": args.width, "networks.net_b.width": args.width,
         "batch_labeled": 2, "batch_unlabeled": 2,
-        "loss.w_u": 0.1, "loss.w_u_rampup": it, "loss.lambda_c_rampup": it,
+        "loss.w_u": 0.1, "loss.w_u_rampup": it, "loss.lambda_c_rampup": it, "loss.pseudo_dice": True,
         **dict(_parse_set(kv) for kv in args.set),
     })
 
