@@ -249,7 +249,9 @@ def test_scp_echo_store_segment_and_forward(env: Env, phantom: Any) -> None:
     wait_job_ok(env, case["latest_job"]["job_id"])
     # results forwarded by C-STORE to the configured peer (Orthanc), into the same study
     seg_series = wait_for("the forwarded SEG", lambda: series_in_study(env, study, "SEG"), env)
-    assert len(series_in_study(env, study, "OT")) == 1, env.logs()
+    # the SEG and the parametric map are separate C-STOREs: the map may land a moment after the SEG
+    pmap_series = wait_for("the forwarded parametric map", lambda: series_in_study(env, study, "OT"), env)
+    assert len(pmap_series) == 1, env.logs()
     seg = retrieve_one(env, study, seg_series[0], env.tmp / "fwd-seg.dcm")
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
     # the received series is the case's source; nothing was left in the spool
