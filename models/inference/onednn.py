@@ -150,35 +150,13 @@ class OneDNNConv(nn.Module):
                 x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, self.post, [], ""
             )
         if inplace and residual.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
-            return ops._convolution_pointwise_.binary(
-                residual,
-                x,
-                w,
-                self.bias,
-                self.padding,
-                self.stride,
-                self.dilation,
-                self.groups,
-                "add",
-                1.0,
-                self.post,
-                [],
-                "",
-            )
-        return ops._convolution_pointwise.binary(
-            x,
-            residual,
-            w,
-            self.bias,
-            self.padding,
-            self.stride,
-            self.dilation,
-            self.groups,
-            "add",
-            1.0,
-            self.post,
-            [],
-            "",
+            # the in-place variant writes the sum into its first argument, the residual
+            fn, first, second = ops._convolution_pointwise_.binary, residual, x
+        else:
+            fn, first, second = ops._convolution_pointwise.binary, x, residual
+        return fn(
+            first, second, w, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            "add", 1.0, self.post, [], "",
         )
 
 

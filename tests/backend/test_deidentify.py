@@ -27,6 +27,7 @@ from backend.config import Settings
 from backend.db import session_scope
 from backend.errors import Conflict
 from backend.imaging import deid
+from backend.imaging.dicom_refs import DicomSource
 from backend.main import create_app
 from backend.security import create_token
 from backend.services import identity
@@ -273,6 +274,19 @@ def _source_datasets(api: Api, case_id: str) -> list[Dataset]:
     return [pydicom.dcmread(p) for p in _stored(api, case_id) if p.suffix == ".dcm"]
 
 
+def _source_and_mask(api: Api, case: dict[str, object]) -> tuple[DicomSource, np.ndarray]:
+    """The case's DICOM source (as the writers get it) and a small box mask on its grid."""
+    from backend.services.dicom_outputs import source_for_case
+
+    with session_scope(api.settings.resolved_database_url) as session:
+        row = session.get(Case, str(case["case_id"]))
+        assert row is not None
+        source = source_for_case(api.settings, api.store, row)
+    mask = np.zeros(tuple(case["shape"]), dtype=np.uint8)  # type: ignore[arg-type]
+    mask[3:8, 3:7, 1:3] = 1
+    return source, mask
+
+
 def test_a_named_series_is_stored_de_identified(on: Api, tmp_path: Path) -> None:
     paths = _named_series(tmp_path / "a", PATIENT_A)
     originals = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
@@ -398,17 +412,11 @@ def test_dicom_outputs_and_a_seg_correction_stay_de_identified(on: Api, tmp_path
     from backend.imaging.dicom_series import read_dicom_series
     from backend.imaging.pmap import build_entropy_pmap
     from backend.imaging.seg import build_seg
-    from backend.services.dicom_outputs import source_for_case
 
     paths = _named_series(tmp_path / "a", PATIENT_A)
     case = _upload(on, paths, "a.zip")
     case_id, pseudonym = str(case["case_id"]), case["pseudonym"]
-    with session_scope(on.settings.resolved_database_url) as session:
-        row = session.get(Case, case_id)
-        assert row is not None
-        source = source_for_case(on.settings, on.store, row)
-    mask = np.zeros(tuple(case["shape"]), dtype=np.uint8)  # type: ignore[arg-type]
-    mask[3:8, 3:7, 1:3] = 1
+    source, mask = _source_and_mask(on, case)
     seg = build_seg(mask, source, LA_CLASSES, model_version="t", uid_seed="job")
     pm = build_entropy_pmap(mask.astype(np.float32) / 2, source, model_version="t", uid_seed="job")
     for out in (seg, pm):  # derived objects carry the pseudonym and reference the real study and series
@@ -436,7 +444,6 @@ def test_dicom_outputs_and_a_seg_correction_stay_de_identified(on: Api, tmp_path
 def test_de_identified_instances_and_their_outputs_are_valid_dicom(on: Api, tmp_path: Path) -> None:
     from backend.imaging.pmap import build_entropy_pmap
     from backend.imaging.seg import build_seg
-    from backend.services.dicom_outputs import source_for_case
     from tests.backend.imaging.conftest import run_dciodvfy
 
     paths = _named_series(tmp_path / "a", PATIENT_A)
@@ -445,12 +452,7 @@ def test_de_identified_instances_and_their_outputs_are_valid_dicom(on: Api, tmp_
     case_id = str(case["case_id"])
     stored = [p for p in _stored(on, case_id) if p.suffix == ".dcm"]
     assert not {line for p in stored for line in run_dciodvfy(p)[0]} - before
-    with session_scope(on.settings.resolved_database_url) as session:
-        row = session.get(Case, case_id)
-        assert row is not None
-        source = source_for_case(on.settings, on.store, row)
-    mask = np.zeros(tuple(case["shape"]), dtype=np.uint8)  # type: ignore[arg-type]
-    mask[3:8, 3:7, 1:3] = 1
+    source, mask = _source_and_mask(on, case)
     seg_path, pm_path = tmp_path / "seg.dcm", tmp_path / "pm.dcm"
     build_seg(mask, source, LA_CLASSES, model_version="t").save_as(seg_path, enforce_file_format=True)
     build_entropy_pmap(mask.astype(np.float32) / 2, source, model_version="t").save_as(
