@@ -183,6 +183,14 @@ def _init_worker(arrays: dict[str, Any], threads: int) -> None:
 def run_variant(name: str, args: argparse.Namespace, data_dir: Path, base_dict: dict[str, Any]
                 ) -> dict[str, Any]:
     """Train one variant on the preprocessed arrays of :data:`_ARRAYS`, then score it on the test split."""
+    return train_and_score(name, _ARRAYS, data_dir, base_dict, Path(args.work) / "runs" / name, args.device,
+                           progress=not args.no_progress and args.jobs == 1)
+
+
+def train_and_score(name: str, arrays: dict[str, Any], data_dir: Path, base_dict: dict[str, Any],
+                    pkg_dir: Path, device: str, progress: bool = False) -> dict[str, Any]:
+    """Train variant ``name`` on ``arrays`` (``labeled``, ``labeled_ids``, ``unlabeled``, ``spec`` of every
+    training case, the first ``num_labeled`` keeping their labels) into ``pkg_dir``; score the test split."""
     from models.training.config import TrainConfig
     from models.training.pipeline import PreparedData, evaluate_items, load_dataset, train_prepared
 
@@ -190,19 +198,18 @@ def run_variant(name: str, args: argparse.Namespace, data_dir: Path, base_dict: 
     base = TrainConfig.from_dict(base_dict)
     n_lab = int(base.num_labeled or 1)
     cfg, use_unlabeled, all_labels = variant_config(base, name)
-    lab, ids, unl = _ARRAYS["labeled"], _ARRAYS["labeled_ids"], _ARRAYS["unlabeled"]
+    lab, ids, unl = arrays["labeled"], arrays["labeled_ids"], arrays["unlabeled"]
     if all_labels:
         cfg = cfg.with_overrides({"num_labeled": None})
     else:
         lab, ids, unl = lab[:n_lab], ids[:n_lab], [x for x, _ in lab[n_lab:]] + unl
-    data = PreparedData(replace(source, test=[]), _ARRAYS["spec"], list(lab), list(ids), list(unl), [])
+    data = PreparedData(replace(source, test=[]), arrays["spec"], list(lab), list(ids), list(unl), [])
     t1, c1 = time.perf_counter(), time.process_time()
-    pkg_dir = Path(args.work) / "runs" / name
-    train_prepared(data, cfg, pkg_dir, args.device, version=f"bench-{name}",
-                   progress=not args.no_progress and args.jobs == 1, use_unlabeled=use_unlabeled)
+    train_prepared(data, cfg, pkg_dir, device, version=f"bench-{name}", progress=progress,
+                   use_unlabeled=use_unlabeled)
     train_s, train_cpu = time.perf_counter() - t1, time.process_time() - c1
     stats = UncertaintyStats()
-    report = evaluate_items(pkg_dir, source.test, args.device, progress=False, on_prediction=stats)
+    report = evaluate_items(pkg_dir, source.test, device, progress=False, on_prediction=stats)
     card = json.loads((pkg_dir / "model.json").read_text())
     return {
         **report["summary"], **stats.result(),

@@ -1,0 +1,257 @@
+"""Semi-supervised phantoms over several data and training seeds: is the full method above supervised-only?
+
+The single-set benchmark (``bench/ssl_phantoms.py``) scores every variant on one phantom set with one
+training seed; its per-case spread (0.1-0.3 Dice) and the way its settings were chosen (on phantom set 0)
+make one run weak evidence. This script repeats the comparison with the settings frozen:
+
+* every ``--data-seeds`` value is a new phantom set: ``--cases`` training phantoms (the first 10 % keep
+  their labels, the rest are unlabeled) and ``--test-cases`` test phantoms, never used for a choice;
+* every ``--train-seeds`` value trains each variant again (initialisation and sampling change);
+* every variant of a (data seed, training seed) run uses the same arrays, config and seed, so the two are
+  compared pairwise.
+
+Protocol, fixed before the run: the settings are ``bench/ssl_phantoms.py``'s defaults (chosen on phantom
+sets 0 and 1, so the default data seeds here start at 2). The primary figure is the mean over runs of the
+paired difference ``Dice(full) - Dice(supervised)`` (foreground, mean over the run's test phantoms) with a
+two-sided 95 % Student-t interval over runs; the method counts as *clearly above* supervised-only only when
+that interval lies above 0. Per-phantom wins/losses and a Wilcoxon signed-rank test over all test phantoms
+are descriptive (phantoms of one run share the trained nets, so they are not independent).
+
+Run (from the repository root; ~13 CPU-min per run at the defaults, ``--jobs 2`` on 2 cores)::
+
+    .venv/bin/python bench/ssl_seeds.py --jobs 2 --no-progress
+    .venv/bin/python bench/ssl_seeds.py --quick            # smoke run, nothing appended
+
+Finished trainings are kept in ``<work>/results.json``; a rerun with the same settings skips them.
+The table, the command, the machine and the date are appended to ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import shlex
+import sys
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.ssl_phantoms import VARIANTS, base_config, machine, train_and_score  # noqa: E402
+
+_CACHE: dict[str, dict[str, Any]] = {}  # worker-process copy of the prepared arrays, by pickle path
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _task(key: str, variant: str, prep: str, data_dir: str, base_dict: dict[str, Any], pkg_dir: str,
+          device: str) -> tuple[str, dict[str, Any]]:
+    if prep not in _CACHE:
+        with open(prep, "rb") as fh:
+            _CACHE.clear()
+            _CACHE[prep] = pickle.load(fh)
+    return key, train_and_score(variant, _CACHE[prep], Path(data_dir), base_dict, Path(pkg_dir), device)
+
+
+def prepare(work: Path, data_seed: int, cases: int, test_cases: int, base: Any) -> tuple[Path, Path]:
+    """Write (or reuse) phantom set ``data_seed`` and its preprocessed training arrays; returns
+    ``(dataset folder, pickle of the arrays)``."""
+    from models.data.phantoms import write_phantom_dataset
+    from models.training.pipeline import load_dataset, prepare_data
+
+    data_dir = work / f"phantoms_{cases}+{test_cases}_s{data_seed}"
+    if not (data_dir / "dataset.json").is_file():
+        write_phantom_dataset(data_dir, cases, seed=data_seed, test_cases=test_cases)
+    prep = data_dir / f"prepared_{base.preprocessing.spacing[0]:g}mm.pkl"
+    if not prep.is_file():
+        every = base.with_overrides({"num_labeled": None})
+        data = prepare_data(load_dataset(data_dir), every, progress=False)
+        arrays = {"labeled": data.labeled, "labeled_ids": data.labeled_ids, "unlabeled": data.unlabeled,
+                  "spec": data.spec}
+        tmp = prep.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(arrays, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(prep)
+    return data_dir, prep
+
+
+def summarize(runs: dict[str, dict[str, Any]], a: str = "full", b: str = "supervised") -> dict[str, Any]:
+    """Paired comparison of variant ``a`` against ``b`` over ``runs`` ({"d2_t1337": {variant: result}})."""
+    from scipy import stats
+
+    deltas, case_deltas = [], []
+    for variants in runs.values():
+        if a in variants and b in variants:
+            deltas.append(variants[a]["dice"] - variants[b]["dice"])
+            pa, pb = variants[a]["dice_per_case"], variants[b]["dice_per_case"]
+            case_deltas += [pa[c] - pb[c] for c in pa if c in pb]
+    out: dict[str, Any] = {"runs": len(deltas), "cases": len(case_deltas)}
+    if not deltas:
+        return out
+    d = np.asarray(deltas)
+    out["mean_delta"] = float(d.mean())
+    if d.size > 1:
+        half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+        out["ci95"] = [out["mean_delta"] - half, out["mean_delta"] + half]
+    out["runs_better"] = int((d > 0).sum())
+    c = np.asarray(case_deltas)
+    out["cases_better"], out["cases_worse"] = int((c > 0).sum()), int((c < 0).sum())
+    out["median_case_delta"] = float(np.median(c))
+    if np.any(c != 0):
+        out["wilcoxon_p"] = float(stats.wilcoxon(c).pvalue)
+    out["clearly_above"] = bool("ci95" in out and out["ci95"][0] > 0)
+    return out
+
+
+def table(runs: dict[str, dict[str, Any]], variants: list[str]) -> str:
+    head = "| data seed | training seed | " + " | ".join(f"Dice {v}" for v in variants)
+    rows = [head + (" | full − supervised |" if {"full", "supervised"} <= set(variants) else " |")]
+    rows.append("|" + " --- |" * (rows[0].count("|") - 1))
+    for key, res in runs.items():
+        ds, ts = key[1:].split("_t")
+        cells = [f"{res[v]['dice']:.3f} ± {res[v]['dice_std']:.3f}" if v in res else "—" for v in variants]
+        line = f"| {ds} | {ts} | " + " | ".join(cells)
+        if {"full", "supervised"} <= set(variants):
+            both = "full" in res and "supervised" in res
+            line += f" | {res['full']['dice'] - res['supervised']['dice']:+.3f}" if both else " | —"
+        rows.append(line + " |")
+    means = []
+    for v in variants:
+        vals = [r[v]["dice"] for r in runs.values() if v in r]
+        means.append(f"{np.mean(vals):.3f}" if vals else "—")
+    tail = " | |" if rows[0].endswith("supervised |") else " |"
+    rows.append("| **mean** | | " + " | ".join(means) + tail)
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-seeds", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7])
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[1337])
+    p.add_argument("--variants", nargs="+", default=["supervised", "full"], choices=VARIANTS)
+    p.add_argument("--cases", type=int, default=40, help="training phantoms per set")
+    p.add_argument("--test-cases", type=int, default=16, help="test phantoms per set")
+    p.add_argument("--labeled-fraction", type=float, default=0.1)
+    p.add_argument("--iterations", type=int, default=600)
+    p.add_argument("--width", type=int, default=4)
+    p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 32])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--work", default=str(ROOT / "var" / "bench" / "ssl_seeds"))
+    p.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 sets of 10 + 2 phantoms, 20 iterations")
+    p.add_argument("--no-append", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.data_seeds, args.cases, args.test_cases, args.iterations = args.data_seeds[:2], 10, 2, 20
+        args.patch, args.no_append = [32, 32, 32], True
+        args.work = str(Path(args.work).with_name("ssl_seeds_quick"))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started, t0 = datetime.now(UTC), time.perf_counter()
+    n_lab = max(1, round(args.labeled_fraction * args.cases))
+    bases = {}
+    for ts in args.train_seeds:
+        ns = argparse.Namespace(iterations=args.iterations, seed=ts, patch=args.patch, width=args.width,
+                                set=args.set)
+        bases[ts] = base_config(ns, n_lab)
+    results_path = work / "results.json"
+    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    settings = {"cases": args.cases, "test_cases": args.test_cases, "labeled": n_lab,
+                "config": {ts: b.to_dict() for ts, b in bases.items()}}
+    settings = json.loads(json.dumps(settings))
+    runs: dict[str, dict[str, Any]] = saved.get("runs", {}) if saved.get("settings") == settings else {}
+
+    def save() -> None:
+        ordered = {f"d{ds}_t{ts}": runs.get(f"d{ds}_t{ts}", {}) for ds in args.data_seeds
+                   for ts in args.train_seeds}
+        results_path.write_text(json.dumps({"settings": settings, "runs": ordered}, indent=1) + "\n")
+
+    import multiprocessing
+
+    pending: list[Future[tuple[str, dict[str, Any]]]] = []
+    order = sorted(args.variants, key=lambda v: v in ("supervised", "fully_supervised"))  # longest first
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(args.threads,)) as pool:
+        for ds in args.data_seeds:
+            data_dir, prep = prepare(work, ds, args.cases, args.test_cases, bases[args.train_seeds[0]])
+            for ts in args.train_seeds:
+                key = f"d{ds}_t{ts}"
+                runs.setdefault(key, {})
+                for v in order:
+                    if v in runs[key]:
+                        continue
+                    pkg = work / "runs" / key / v
+                    pending.append(pool.submit(_task, f"{key}/{v}", v, str(prep), str(data_dir),
+                                               bases[ts].to_dict(), str(pkg), args.device))
+        for fut in pending:
+            key_v, res = fut.result()
+            key, v = key_v.split("/")
+            runs[key][v] = res
+            save()
+            if not args.no_progress:
+                print(f"{key} {v}: Dice {res['dice']:.3f} ({res['train_seconds'] / 60:.1f} min)", flush=True)
+    save()
+    runs = {k: r for k, r in runs.items() if k in {f"d{ds}_t{ts}" for ds in args.data_seeds
+                                                    for ts in args.train_seeds}}
+    summary = summarize(runs)
+    md = table(runs, args.variants)
+    print(md)
+    print(json.dumps(summary))
+    if args.no_append:
+        return 0
+    cfg = bases[args.train_seeds[0]].to_dict()
+    python = sys.executable.replace(str(ROOT) + "/", "")
+    command = " ".join(shlex.quote(x) for x in [python, "bench/ssl_seeds.py", *sys.argv[1:]])
+    verdict = ""
+    if "mean_delta" in summary:
+        ci = summary.get("ci95")
+        verdict = (
+            f"\nFull − supervised, mean over {summary['runs']} runs: Dice {summary['mean_delta']:+.3f}"
+            + (f" (95 % t-interval {ci[0]:+.3f} … {ci[1]:+.3f})" if ci else "")
+            + f"; full better in {summary['runs_better']} of {summary['runs']} runs; per test phantom "
+            f"better {summary['cases_better']}, worse {summary['cases_worse']} of {summary['cases']} "
+            f"(median {summary['median_case_delta']:+.3f}"
+            + (f", Wilcoxon p = {summary['wilcoxon_p']:.2g}" if "wilcoxon_p" in summary else "")
+            + "). Pre-set criterion (interval above 0): "
+            + ("met.\n" if summary["clearly_above"] else "not met.\n"))
+    text = (
+        f"\n## Semi-supervised phantoms over seeds ({started:%Y-%m-%d %H:%M} UTC)\n\n"
+        f"- command: `{command}`\n"
+        f"- machine: {machine()}; {args.jobs} process(es) x {args.threads} torch thread(s); device "
+        f"{args.device}; wall time {(time.perf_counter() - t0) / 60:.1f} min (trainings reused from an "
+        f"earlier interrupted run are not in it)\n"
+        f"- data: per set {args.cases} training phantoms, {n_lab} labeled, {args.test_cases} test phantoms; "
+        f"data seeds {' '.join(map(str, args.data_seeds))}; training seeds "
+        f"{' '.join(map(str, args.train_seeds))}\n"
+        f"- training: {cfg['iterations']} iterations, batch {cfg['batch_labeled']} + "
+        f"{cfg['batch_unlabeled']}, "
+        f"patch {cfg['patch_size']}, widths {cfg['networks']['net_a']['width']}/"
+        f"{cfg['networks']['net_b']['width']}; w_u {cfg['loss']['w_u']} (ramp {cfg['loss']['w_u_rampup']}), "
+        f"lambda_c {cfg['loss']['lambda_c']}, q {cfg['loss']['q_start']}; pseudo-label Dice "
+        f"{'on' if cfg['loss']['pseudo_dice'] else 'off'}"
+        + (f"; overrides {' '.join(args.set)}" if args.set else "") + "\n"
+        f"- Dice: foreground, mean ± std over the set's test phantoms\n\n{md}\n{verdict}"
+    )
+    with open(args.results, "a", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"appended to {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
