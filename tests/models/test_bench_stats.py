@@ -1,0 +1,56 @@
+"""The statistics behind bench/ssl_phantoms.py and bench/ssl_seeds.py, on hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bench.ssl_phantoms import auroc
+from bench.ssl_seeds import summarize, table
+
+
+def test_auroc_hand_values() -> None:
+    # 4 positive-negative pairs: (0.35 vs 0.1) (0.35 vs 0.4) (0.8 vs 0.1) (0.8 vs 0.4) -> 3 of 4 ordered.
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == pytest.approx(0.75)
+    # A tie between a positive and a negative counts one half.
+    assert auroc(np.array([0.5, 0.5, 0.9]), np.array([1, 0, 1], bool)) == pytest.approx(0.75)
+    assert math.isnan(auroc(np.array([0.1, 0.2]), np.array([1, 1], bool)))
+
+
+def _res(dice: float, per_case: dict[str, float]) -> dict[str, object]:
+    return {"dice": dice, "dice_std": 0.0, "dice_per_case": per_case}
+
+
+def test_summarize_paired_differences_and_t_interval() -> None:
+    runs = {
+        "d2_t1": {"full": _res(0.7, {"a": 0.8, "b": 0.6}), "supervised": _res(0.6, {"a": 0.7, "b": 0.5})},
+        "d3_t1": {"full": _res(0.6, {"c": 0.7, "d": 0.5}), "supervised": _res(0.3, {"c": 0.3, "d": 0.5})},
+        "d4_t1": {"supervised": _res(0.9, {"e": 0.9})},  # unfinished run: not paired, not counted
+    }
+    s = summarize(runs)
+    assert s["runs"] == 2 and s["cases"] == 4
+    assert s["mean_delta"] == pytest.approx(0.2)
+    # deltas 0.1, 0.3: sd 0.1414, se 0.1, t(0.975, 1 df) = 12.7062
+    assert s["ci95"] == pytest.approx([0.2 - 1.27062, 0.2 + 1.27062], abs=1e-4)
+    assert s["runs_better"] == 2 and not s["clearly_above"]
+    assert (s["cases_better"], s["cases_worse"]) == (3, 0)
+    assert s["median_case_delta"] == pytest.approx(0.1)
+
+
+def test_summarize_clearly_above_when_interval_excludes_zero() -> None:
+    runs = {f"d{i}_t1": {"full": _res(0.5 + d, {"x": 0.5 + d}), "supervised": _res(0.5, {"x": 0.5})}
+            for i, d in enumerate([0.10, 0.12, 0.08])}
+    s = summarize(runs)
+    assert s["mean_delta"] == pytest.approx(0.10)
+    assert s["ci95"][0] > 0 and s["clearly_above"]
+    assert summarize({"d1_t1": {"full": _res(0.5, {})}}) == {"runs": 0, "cases": 0}
+
+
+def test_table_has_one_row_per_run_and_the_difference() -> None:
+    runs = {"d2_t7": {"full": _res(0.75, {}), "supervised": _res(0.5, {})}}
+    lines = table(runs, ["supervised", "full"]).splitlines()
+    assert lines[2] == "| 2 | 7 | 0.500 ± 0.000 | 0.750 ± 0.000 | +0.250 |"
+    assert lines[3] == "| **mean** | | 0.500 | 0.750 | |"
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
