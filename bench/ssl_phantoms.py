@@ -330,19 +330,29 @@ def main(argv: list[str] | None = None) -> int:
         f"- data: {results['num_training']} training phantoms (seed {args.data_seed}), "
         f"{results['num_labeled']} labeled ({100 * args.labeled_fraction:.0f} %), test split "
         f"{results['num_test']} phantoms (every variant scored on it)\n"
-        f"- training: {cfg['iterations']} iterations, seed {cfg['seed']}, batch {cfg['batch_labeled']} + "
-        f"{cfg['batch_unlabeled']}, patch {cfg['patch_size']} at {cfg['preprocessing']['spacing']} mm, "
-        f"widths {cfg['networks']['net_a']['width']}/{cfg['networks']['net_b']['width']}, lr "
-        f"{cfg['optimizer']['lr']} poly; w_u {cfg['loss']['w_u']} (ramp {cfg['loss']['w_u_rampup']}), "
-        f"lambda_c {cfg['loss']['lambda_c']} (ramp {cfg['loss']['lambda_c_rampup']}), "
-        f"q {cfg['loss']['q_start']}; pseudo-label Dice {'on' if cfg['loss']['pseudo_dice'] else 'off'}\n"
+        f"- training: {describe_training(cfg)}\n"
         f"- metrics on the foreground class (left atrium), mean ± std over the test cases; distances in mm; "
         f"uncertainty over all test voxels pooled\n\n{md}\n{verdict}"
     )
-    with open(args.results, "a", encoding="utf-8") as fh:
-        fh.write(text)
-    print(f"appended to {args.results}")
+    append_section(args.results, text)
     return 0
+
+
+def describe_training(cfg: dict[str, Any]) -> str:
+    """One line of a config's training settings for RESULTS.md (``cfg``: ``TrainConfig.to_dict()``)."""
+    loss = cfg["loss"]
+    return (f"{cfg['iterations']} iterations, seed {cfg['seed']}, batch {cfg['batch_labeled']} + "
+            f"{cfg['batch_unlabeled']}, patch {cfg['patch_size']} at {cfg['preprocessing']['spacing']} mm, "
+            f"widths {cfg['networks']['net_a']['width']}/{cfg['networks']['net_b']['width']}, lr "
+            f"{cfg['optimizer']['lr']} poly; w_u {loss['w_u']} (ramp {loss['w_u_rampup']}), "
+            f"lambda_c {loss['lambda_c']} (ramp {loss['lambda_c_rampup']}), q {loss['q_start']}; "
+            f"pseudo-label Dice {'on' if loss['pseudo_dice'] else 'off'}")
+
+
+def append_section(path: str | Path, text: str) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"appended to {path}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.ssl_phantoms import VARIANTS, base_config, machine, train_and_score  # noqa: E402
+from bench.ssl_phantoms import (  # noqa: E402
+    VARIANTS,
+    append_section,
+    base_config,
+    describe_training,
+    machine,
+    train_and_score,
+)
 
 _CACHE: dict[str, dict[str, Any]] = {}  # worker-process copy of the prepared arrays, by pickle path
 
@@ -238,18 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         f"- data: per set {args.cases} training phantoms, {n_lab} labeled, {args.test_cases} test phantoms; "
         f"data seeds {' '.join(map(str, args.data_seeds))}; training seeds "
         f"{' '.join(map(str, args.train_seeds))}\n"
-        f"- training: {cfg['iterations']} iterations, batch {cfg['batch_labeled']} + "
-        f"{cfg['batch_unlabeled']}, "
-        f"patch {cfg['patch_size']}, widths {cfg['networks']['net_a']['width']}/"
-        f"{cfg['networks']['net_b']['width']}; w_u {cfg['loss']['w_u']} (ramp {cfg['loss']['w_u_rampup']}), "
-        f"lambda_c {cfg['loss']['lambda_c']}, q {cfg['loss']['q_start']}; pseudo-label Dice "
-        f"{'on' if cfg['loss']['pseudo_dice'] else 'off'}"
+        f"- training (first training seed; the others differ only in the seed): {describe_training(cfg)}"
         + (f"; overrides {' '.join(args.set)}" if args.set else "") + "\n"
         f"- Dice: foreground, mean ± std over the set's test phantoms\n\n{md}\n{verdict}"
     )
-    with open(args.results, "a", encoding="utf-8") as fh:
-        fh.write(text)
-    print(f"appended to {args.results}")
+    append_section(args.results, text)
     return 0
 
 
