@@ -14,7 +14,8 @@ Protocol, fixed before the run: the settings are ``bench/ssl_phantoms.py``'s def
 sets 0 and 1, so the default data seeds here start at 2). The primary figure is the mean over runs of the
 paired difference ``Dice(full) - Dice(supervised)`` (foreground, mean over the run's test phantoms) with a
 two-sided 95 % Student-t interval over runs; the method counts as *clearly above* supervised-only only when
-that interval lies above 0. Per-phantom wins/losses and a Wilcoxon signed-rank test over all test phantoms
+that interval lies above 0. Each ablation (``no_<module>``) is reported the same way against the full method,
+without a criterion. Per-phantom wins/losses and a Wilcoxon signed-rank test over all test phantoms
 are descriptive (phantoms of one run share the trained nets, so they are not independent).
 
 Run (from the repository root; ~13 CPU-min per run at the defaults, ``--jobs 2`` on 2 cores)::
@@ -22,7 +23,8 @@ Run (from the repository root; ~13 CPU-min per run at the defaults, ``--jobs 2``
     .venv/bin/python bench/ssl_seeds.py --jobs 2 --no-progress
     .venv/bin/python bench/ssl_seeds.py --quick            # smoke run, nothing appended
 
-Finished trainings are kept in ``<work>/results.json``; a rerun with the same settings skips them.
+Finished trainings are kept in ``<work>/results.json`` (every seed run with the same settings); a rerun
+skips them, so ablations can be added to earlier runs with ``--variants``.
 The table, the command, the machine and the date are appended to ``bench/RESULTS.md``.
 """
 
@@ -121,6 +123,24 @@ def summarize(runs: dict[str, dict[str, Any]], a: str = "full", b: str = "superv
     return out
 
 
+def comparisons(runs: dict[str, dict[str, Any]], variants: list[str]) -> str:
+    """Paired differences of the full method against supervised-only and each ablation, as a table."""
+    others = [v for v in ("supervised", *(v for v in variants if v.startswith("no_"))) if v in variants]
+    rows = ["| comparison | runs | mean Δ Dice | 95 % t-interval | runs better "
+            "| test phantoms better / worse | median Δ per phantom | Wilcoxon p (descriptive) |",
+            "|" + " --- |" * 8]
+    for b in others:
+        s = summarize(runs, "full", b)
+        if "mean_delta" not in s:
+            continue
+        ci = f"{s['ci95'][0]:+.3f} … {s['ci95'][1]:+.3f}" if "ci95" in s else "—"
+        p = f"{s['wilcoxon_p']:.2g}" if "wilcoxon_p" in s else "—"
+        rows.append(f"| full − {b} | {s['runs']} | {s['mean_delta']:+.3f} | {ci} | {s['runs_better']} | "
+                    f"{s['cases_better']} / {s['cases_worse']} of {s['cases']} | "
+                    f"{s['median_case_delta']:+.3f} | {p} |")
+    return "\n".join(rows)
+
+
 def table(runs: dict[str, dict[str, Any]], variants: list[str]) -> str:
     head = "| data seed | training seed | " + " | ".join(f"Dice {v}" for v in variants)
     rows = [head + (" | full − supervised |" if {"full", "supervised"} <= set(variants) else " |")]
@@ -178,15 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         bases[ts] = base_config(ns, n_lab)
     results_path = work / "results.json"
     saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    settings = {"cases": args.cases, "test_cases": args.test_cases, "labeled": n_lab,
-                "config": {ts: b.to_dict() for ts, b in bases.items()}}
+    shared = {k: v for k, v in bases[args.train_seeds[0]].to_dict().items() if k != "seed"}
+    settings = {"cases": args.cases, "test_cases": args.test_cases, "labeled": n_lab, "config": shared}
     settings = json.loads(json.dumps(settings))
     runs: dict[str, dict[str, Any]] = saved.get("runs", {}) if saved.get("settings") == settings else {}
 
-    def save() -> None:
-        ordered = {f"d{ds}_t{ts}": runs.get(f"d{ds}_t{ts}", {}) for ds in args.data_seeds
-                   for ts in args.train_seeds}
-        results_path.write_text(json.dumps({"settings": settings, "runs": ordered}, indent=1) + "\n")
+    def save() -> None:  # every run with these settings, this invocation's seeds or an earlier one's
+        results_path.write_text(json.dumps({"settings": settings, "runs": runs}, indent=1) + "\n")
 
     import multiprocessing
 
@@ -213,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_progress:
                 print(f"{key} {v}: Dice {res['dice']:.3f} ({res['train_seconds'] / 60:.1f} min)", flush=True)
     save()
-    runs = {k: r for k, r in runs.items() if k in {f"d{ds}_t{ts}" for ds in args.data_seeds
-                                                    for ts in args.train_seeds}}
+    keys = [f"d{ds}_t{ts}" for ds in args.data_seeds for ts in args.train_seeds]
+    runs = {k: runs[k] for k in keys if k in runs}
     summary = summarize(runs)
     md = table(runs, args.variants)
     print(md)
@@ -226,16 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(shlex.quote(x) for x in [python, "bench/ssl_seeds.py", *sys.argv[1:]])
     verdict = ""
     if "mean_delta" in summary:
-        ci = summary.get("ci95")
-        verdict = (
-            f"\nFull − supervised, mean over {summary['runs']} runs: Dice {summary['mean_delta']:+.3f}"
-            + (f" (95 % t-interval {ci[0]:+.3f} … {ci[1]:+.3f})" if ci else "")
-            + f"; full better in {summary['runs_better']} of {summary['runs']} runs; per test phantom "
-            f"better {summary['cases_better']}, worse {summary['cases_worse']} of {summary['cases']} "
-            f"(median {summary['median_case_delta']:+.3f}"
-            + (f", Wilcoxon p = {summary['wilcoxon_p']:.2g}" if "wilcoxon_p" in summary else "")
-            + "). Pre-set criterion (interval above 0): "
-            + ("met.\n" if summary["clearly_above"] else "not met.\n"))
+        verdict = (f"\nPre-set criterion (95 % interval of full − supervised above 0): "
+                   f"{'met' if summary['clearly_above'] else 'not met'}.\n")
+    pairs = comparisons(runs, args.variants)
     text = (
         f"\n## Semi-supervised phantoms over seeds ({started:%Y-%m-%d %H:%M} UTC)\n\n"
         f"- command: `{command}`\n"
@@ -247,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{' '.join(map(str, args.train_seeds))}\n"
         f"- training (first training seed; the others differ only in the seed): {describe_training(cfg)}"
         + (f"; overrides {' '.join(args.set)}" if args.set else "") + "\n"
-        f"- Dice: foreground, mean ± std over the set's test phantoms\n\n{md}\n{verdict}"
+        f"- Dice: foreground, mean ± std over the set's test phantoms\n\n{md}\n\n{pairs}\n{verdict}"
     )
     append_section(args.results, text)
     return 0

@@ -54,3 +54,14 @@ def test_table_has_one_row_per_run_and_the_difference() -> None:
     assert lines[2] == "| 2 | 7 | 0.500 ± 0.000 | 0.750 ± 0.000 | +0.250 |"
     assert lines[3] == "| **mean** | | 0.500 | 0.750 | |"
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_comparisons_row_per_ablation() -> None:
+    from bench.ssl_seeds import comparisons
+
+    runs = {f"d{i}_t1": {"full": _res(0.6, {"x": 0.6}), "supervised": _res(0.5, {"x": 0.5}),
+                         "no_cosine": _res(0.6 - d, {"x": 0.6 - d})} for i, d in enumerate([0.02, 0.04])}
+    lines = comparisons(runs, ["supervised", "full", "no_cosine"]).splitlines()
+    assert len(lines) == 4
+    assert lines[2].startswith("| full − supervised | 2 | +0.100 | +0.100 … +0.100 | 2 | 2 / 0 of 2 |")
+    assert lines[3].startswith("| full − no_cosine | 2 | +0.030 | -0.097 … +0.157 | 2 | 2 / 0 of 2 |")
