@@ -102,9 +102,14 @@ class UncertaintyStats:
         self.wrong: list[np.ndarray] = []
         self.n_wrong = self.in_regions = self.in_boxes = 0
         self.flagged_voxels = self.total_voxels = 0
+        self.errors: dict[str, dict[str, float]] = {}  # per case: missed / extra foreground ÷ true foreground
 
     def __call__(self, item: Any, pred: Any, label: np.ndarray) -> None:
         wrong = pred.mask != label
+        truth, found = label > 0, pred.mask > 0
+        n_true = max(int(truth.sum()), 1)
+        self.errors[item.id] = {"fn_share": round(int((truth & ~found).sum()) / n_true, 4),
+                                "fp_share": round(int((found & ~truth).sum()) / n_true, 4)}
         self.scores.append(pred.entropy.astype(np.float32).ravel())
         self.wrong.append(wrong.ravel())
         inside, boxes = flagged_masks(pred.entropy, pred.regions)
@@ -119,7 +124,10 @@ class UncertaintyStats:
         return {"entropy_auroc": auroc(np.concatenate(self.scores), np.concatenate(self.wrong)),
                 "wrong_in_regions": self.in_regions / n, "wrong_in_region_boxes": self.in_boxes / n,
                 "wrong_fraction": self.n_wrong / max(self.total_voxels, 1),
-                "flagged_fraction": self.flagged_voxels / max(self.total_voxels, 1)}
+                "flagged_fraction": self.flagged_voxels / max(self.total_voxels, 1),
+                "errors_per_case": self.errors,
+                "fn_share": float(np.mean([e["fn_share"] for e in self.errors.values()] or [np.nan])),
+                "fp_share": float(np.mean([e["fp_share"] for e in self.errors.values()] or [np.nan]))}
 
 
 def base_config(args: argparse.Namespace, num_labeled: int) -> Any:

@@ -65,3 +65,22 @@ def test_comparisons_row_per_ablation() -> None:
     assert len(lines) == 4
     assert lines[2].startswith("| full − supervised | 2 | +0.100 | +0.100 … +0.100 | 2 | 2 / 0 of 2 |")
     assert lines[3].startswith("| full − no_cosine | 2 | +0.030 | -0.097 … +0.157 | 2 | 2 / 0 of 2 |")
+
+
+def test_uncertainty_stats_error_shares() -> None:
+    from types import SimpleNamespace
+
+    from bench.ssl_phantoms import UncertaintyStats
+
+    label = np.zeros((6, 6, 6), np.uint8)
+    label[1:3, 1:3, 1:3] = 1  # 8 true voxels
+    mask = np.zeros_like(label)
+    mask[1:3, 1:3, 1:2] = 1  # 4 found, 4 missed
+    mask[5, 5, 0:2] = 1  # 2 extra
+    pred = SimpleNamespace(mask=mask, entropy=np.zeros(label.shape, np.float32), regions=[])
+    stats = UncertaintyStats()
+    stats(SimpleNamespace(id="c1"), pred, label)
+    out = stats.result()
+    assert out["errors_per_case"] == {"c1": {"fn_share": 0.5, "fp_share": 0.25}}
+    assert (out["fn_share"], out["fp_share"]) == (0.5, 0.25)
+    assert out["wrong_fraction"] == pytest.approx(6 / 216)
