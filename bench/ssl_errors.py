@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(ROOT / "var" / "bench" / "ssl_seeds"))
     p.add_argument("--runs", nargs="+", help="run keys such as d6_t1337 (default: every run in results.json)")
     p.add_argument("--variants", nargs="+", default=["supervised", "full"])
+    p.add_argument("--per-case", action="store_true", help="also print each test phantom's shares")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| {key} | {variant} | {row[0]:.3f} | {row[1]:.3f} | {row[2]:.3f} | "
                         f"{row[3]} of {len(fn)} |")
             print(rows[-1], flush=True)
+            if args.per_case:
+                for case, e in stats.errors.items():
+                    print(f"  {key} {variant} {case}: missed {e['fn_share']:.2f} extra {e['fp_share']:.2f}")
     for variant, vals in totals.items():
         a = np.asarray(vals)
         rows.append(f"| **mean of {len(vals)}** | {variant} | {a[:, 0].mean():.3f} | {a[:, 1].mean():.3f} | "
