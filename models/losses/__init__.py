@@ -13,6 +13,7 @@ from models.losses.entropy_filter import (
 from models.losses.prototype import class_prototypes, prototype_contrastive_loss
 from models.losses.ramps import linear_schedule, sigmoid_rampup
 from models.losses.supervised import (
+    class_balanced_mean,
     confident_disagreement_loss,
     confident_disagreement_mask,
     cross_entropy,
@@ -24,6 +25,7 @@ __all__ = [
     "LossConfig",
     "ModuleSwitches",
     "check_probabilities",
+    "class_balanced_mean",
     "class_prototypes",
     "confident_disagreement_loss",
     "confident_disagreement_mask",

@@ -11,7 +11,8 @@ Batch layout: both nets see the same batch of ``B_l + B_u`` crops; the first ``B
   CE with Dice),
   ``ef_n`` (entropy-filtered CE toward the joint pseudo-label on n's reliable voxels, q(t)-th
   percentile, ``q`` linear from ``q_start`` to ``q_end`` over the run; per pseudo-class with
-  ``classwise_q``) and the shared ``cosine`` term.
+  ``classwise_q``) and the shared ``cosine`` term. With ``balanced_pseudo`` the CE of ``cps_n`` and
+  ``ef_n`` is averaged per pseudo-class, then over the pseudo-classes present (not in the paper).
 - contrast (unlabeled part), weighted by ``λ_c(t) = lambda_c · sigmoid_rampup(t, lambda_c_rampup)``:
   prototype InfoNCE on net n's features, with the joint pseudo-label and n's reliability mask.
 
@@ -56,6 +57,7 @@ class LossConfig:
     q_end: float = 20.0
     classwise_q: bool = False
     pseudo_dice: bool = False
+    balanced_pseudo: bool = False
     temperature: float = 0.1
     max_samples: int = 2048
     dice_eps: float = 1e-5
@@ -136,7 +138,7 @@ class DualNetLoss:
             pu = {n: x[n_l:] for n, x in probs.items()}
             if m.cps_kl:
                 for n in ("a", "b"):
-                    terms[f"cps_{n}"], terms[f"kl_{n}"] = cps_kl_loss(lu[n], pu[other[n]])
+                    terms[f"cps_{n}"], terms[f"kl_{n}"] = cps_kl_loss(lu[n], pu[other[n]], c.balanced_pseudo)
                     cce = cce + terms[f"cps_{n}"] + terms[f"kl_{n}"]
                     if c.pseudo_dice:  # class-balanced companion of the pseudo-label CE
                         terms[f"cps_dice_{n}"] = soft_dice_loss(
@@ -148,7 +150,8 @@ class DualNetLoss:
                 reliable = {n: reliable_mask(pu[n], sched["q"], by_class)[0] for n in ("a", "b")}
                 for n in ("a", "b"):
                     if m.entropy_filter:
-                        terms[f"ef_{n}"] = entropy_filtered_loss(lu[n], pseudo, reliable[n])
+                        terms[f"ef_{n}"] = entropy_filtered_loss(
+                            lu[n], pseudo, reliable[n], c.balanced_pseudo)
                         cce = cce + terms[f"ef_{n}"]
                     if m.prototype:
                         terms[f"contrast_{n}"] = prototype_contrastive_loss(

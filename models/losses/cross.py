@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.losses.supervised import class_balanced_mean
+
 
 def kl_per_voxel(prob_teacher: torch.Tensor, logits_student: torch.Tensor) -> torch.Tensor:
     """``D = KL(sg(p_t) ‖ p_s) = Σ_c p_t (log p_t - log p_s)`` per voxel -> ``(B, *S)``.
@@ -21,7 +23,7 @@ def kl_per_voxel(prob_teacher: torch.Tensor, logits_student: torch.Tensor) -> to
 
 
 def cps_kl_loss(
-    logits_student: torch.Tensor, prob_teacher: torch.Tensor
+    logits_student: torch.Tensor, prob_teacher: torch.Tensor, balanced: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross pseudo supervision of the student by the teacher, rectified by their disagreement.
 
@@ -33,6 +35,9 @@ def cps_kl_loss(
     Args:
         logits_student: ``(B, K, *S)`` — receives gradient from both returned terms.
         prob_teacher: the other net's softmax ``(B, K, *S)`` — never receives gradient.
+        balanced: average the weighted CE per pseudo-class first, then over the pseudo-classes present
+            (:func:`~models.losses.supervised.class_balanced_mean`), so a small foreground class is not
+            outweighed by the background (not in the paper; ``loss.balanced_pseudo``).
 
     Returns:
         ``(weighted_ce, mean_kl)`` scalars; the CCE term of this direction is their sum.
@@ -43,6 +48,8 @@ def cps_kl_loss(
     d = kl_per_voxel(prob_teacher, logits)
     weights = torch.exp(-d).detach()
     ce = F.cross_entropy(logits, pseudo, reduction="none")  # (B, *S)
+    if balanced:
+        return class_balanced_mean(weights * ce, pseudo, logits.shape[1]), d.mean()
     return (weights * ce).mean(), d.mean()
 
 

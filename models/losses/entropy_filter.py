@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from models.losses.supervised import class_balanced_mean
+
 
 def check_probabilities(prob: torch.Tensor, dim: int = 1, atol: float = 1e-3) -> None:
     """Raise ``ValueError`` unless ``prob`` is finite, non-negative and sums to 1 (± ``atol``) on ``dim``."""
@@ -107,7 +109,7 @@ def joint_pseudo_label(prob_a: torch.Tensor, prob_b: torch.Tensor) -> torch.Tens
 
 
 def entropy_filtered_loss(
-    logits: torch.Tensor, pseudo_label: torch.Tensor, reliable: torch.Tensor
+    logits: torch.Tensor, pseudo_label: torch.Tensor, reliable: torch.Tensor, balanced: bool = False
 ) -> torch.Tensor:
     """CE on reliable voxels only, normalised by their count.
 
@@ -118,7 +120,12 @@ def entropy_filtered_loss(
         logits: ``(B, K, *S)`` of the student net.
         pseudo_label: ``(B, *S)`` int (e.g. :func:`joint_pseudo_label`).
         reliable: ``(B, *S)`` bool (e.g. :func:`reliable_mask`).
+        balanced: average per pseudo-class over its reliable voxels, then over the pseudo-classes present
+            (:func:`~models.losses.supervised.class_balanced_mean`; not in the paper).
     """
+    if balanced:
+        ce = F.cross_entropy(logits.float(), pseudo_label.detach().long(), reduction="none")
+        return class_balanced_mean(ce, pseudo_label, logits.shape[1], reliable)
     mask = reliable.detach()
     count = mask.sum()
     if count == 0:

@@ -15,6 +15,29 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target.long())
 
 
+def class_balanced_mean(
+    values: torch.Tensor, labels: torch.Tensor, num_classes: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over the classes present of each class's mean of ``values`` -> scalar.
+
+    ``values (B, *S)`` float (keeps its gradient), ``labels (B, *S)`` int in ``0..K-1``, optional
+    ``mask (B, *S)`` bool restricting the voxels. ``(1/|P|) Σ_{c ∈ P} mean_{v: label_v = c, mask_v} values_v``
+    with ``P`` the classes having at least one (masked) voxel: every class weighs the same whatever its
+    voxel count. A grad-connected 0 when no voxel is selected.
+    """
+    v = values.float().reshape(-1)
+    lab = labels.detach().reshape(-1).long()
+    if mask is not None:
+        keep = mask.detach().reshape(-1)
+        v, lab = v[keep], lab[keep]
+    if v.numel() == 0:
+        return values.float().sum() * 0.0
+    sums = v.new_zeros(num_classes).index_add(0, lab, v)
+    counts = torch.bincount(lab, minlength=num_classes).to(v.dtype)
+    present = counts > 0
+    return (sums[present] / counts[present]).mean()
+
+
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Multi-class soft Dice loss over all K classes (background included, nothing ignored).
 
