@@ -24,7 +24,8 @@ Run (from the repository root; ~13 CPU-min per run at the defaults, ``--jobs 2``
     .venv/bin/python bench/ssl_seeds.py --quick            # smoke run, nothing appended
 
 Finished trainings are kept in ``<work>/results.json`` (every seed run with the same settings); a rerun
-skips them, so ablations can be added to earlier runs with ``--variants``.
+skips them, so ablations can be added to earlier runs with ``--variants``. Other settings (``--set``,
+``--iterations``, ...) need their own ``--work`` folder: the script refuses to mix them.
 The table, the command, the machine and the date are appended to ``bench/RESULTS.md``.
 """
 
@@ -71,6 +72,20 @@ def _task(key: str, variant: str, prep: str, data_dir: str, base_dict: dict[str,
             _CACHE.clear()
             _CACHE[prep] = pickle.load(fh)
     return key, train_and_score(variant, _CACHE[prep], Path(data_dir), base_dict, Path(pkg_dir), device)
+
+
+def _normalised(settings: dict[str, Any]) -> dict[str, Any]:
+    """Saved settings with config fields added since they were written filled with their defaults."""
+    from models.training.config import TrainConfig
+
+    if "config" not in settings:
+        return settings
+    try:
+        config = TrainConfig.from_dict(settings["config"]).to_dict()
+    except (TypeError, ValueError, KeyError):
+        return settings
+    config.pop("seed", None)
+    return json.loads(json.dumps({**settings, "config": config}))
 
 
 def prepare(work: Path, data_seed: int, cases: int, test_cases: int, base: Any) -> tuple[Path, Path]:
@@ -201,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     shared = {k: v for k, v in bases[args.train_seeds[0]].to_dict().items() if k != "seed"}
     settings = {"cases": args.cases, "test_cases": args.test_cases, "labeled": n_lab, "config": shared}
     settings = json.loads(json.dumps(settings))
-    runs: dict[str, dict[str, Any]] = saved.get("runs", {}) if saved.get("settings") == settings else {}
+    if saved.get("runs") and _normalised(saved.get("settings", {})) != settings:
+        raise SystemExit(f"{results_path} holds runs made with other settings (cases, labels or config); "
+                         "use another --work folder for these settings, or move that file away")
+    runs: dict[str, dict[str, Any]] = saved.get("runs", {})
 
     def save() -> None:  # every run with these settings, this invocation's seeds or an earlier one's
         results_path.write_text(json.dumps({"settings": settings, "runs": runs}, indent=1) + "\n")
