@@ -174,6 +174,13 @@ def table(runs: dict[str, dict[str, Any]], variants: list[str]) -> str:
         means.append(f"{np.mean(vals):.3f}" if vals else "—")
     tail = " | |" if rows[0].endswith("supervised |") else " |"
     rows.append("| **mean** | | " + " | ".join(means) + tail)
+    shares = []  # missed / extra foreground (÷ true volume), where the runs recorded them
+    for v in variants:
+        fn = [r[v]["fn_share"] for r in runs.values() if "fn_share" in r.get(v, {})]
+        fp = [r[v]["fp_share"] for r in runs.values() if "fp_share" in r.get(v, {})]
+        shares.append(f"{np.mean(fn):.3f} / {np.mean(fp):.3f}" if fn and fp else "—")
+    if any(x != "—" for x in shares):
+        rows.append("| **missed / extra share** | | " + " | ".join(shares) + tail)
     return "\n".join(rows)
 
 

@@ -54,6 +54,10 @@ def test_table_has_one_row_per_run_and_the_difference() -> None:
     assert lines[2] == "| 2 | 7 | 0.500 ± 0.000 | 0.750 ± 0.000 | +0.250 |"
     assert lines[3] == "| **mean** | | 0.500 | 0.750 | |"
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+    runs["d2_t7"]["full"].update(fn_share=0.25, fp_share=0.125)
+    runs["d2_t7"]["supervised"].update(fn_share=0.5, fp_share=0.0)
+    last = table(runs, ["supervised", "full"]).splitlines()[-1]
+    assert last == "| **missed / extra share** | | 0.500 / 0.000 | 0.250 / 0.125 | |"
 
 
 def test_comparisons_row_per_ablation() -> None:
