@@ -231,13 +231,23 @@ def train_and_score(name: str, arrays: dict[str, Any], data_dir: Path, base_dict
     }
 
 
+def training_arrays(source: Any, base: Any) -> dict[str, Any]:
+    """Every training case of ``source`` preprocessed with ``base``'s settings, all with their labels (a
+    variant keeps the first ``num_labeled``): ``{"labeled", "labeled_ids", "unlabeled", "spec"}``."""
+    from models.training.pipeline import prepare_data
+
+    data = prepare_data(source, base.with_overrides({"num_labeled": None}), progress=False)
+    return {"labeled": data.labeled, "labeled_ids": data.labeled_ids, "unlabeled": data.unlabeled,
+            "spec": data.spec}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Generate / reuse the phantoms, preprocess once, run every variant (``--jobs`` processes)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from models.data.phantoms import write_phantom_dataset
-    from models.training.pipeline import load_dataset, prepare_data
+    from models.training.pipeline import load_dataset
 
     work = Path(args.work)
     data_dir = work / f"phantoms_{args.cases}_s{args.data_seed}"
@@ -247,9 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_lab = max(1, round(args.labeled_fraction * len(source.labeled)))
     base = base_config(args, n_lab)
     t0 = time.perf_counter()
-    all_data = prepare_data(source, base.with_overrides({"num_labeled": None}), progress=False)
-    arrays = {"labeled": all_data.labeled, "labeled_ids": all_data.labeled_ids,
-              "unlabeled": all_data.unlabeled, "spec": all_data.spec}
+    arrays = training_arrays(source, base)
     results: dict[str, Any] = {"prep_seconds": time.perf_counter() - t0, "num_labeled": n_lab,
                                "config": base.to_dict(), "num_training": len(source.labeled),
                                "num_test": len(source.test), "jobs": args.jobs, "variants": {}}

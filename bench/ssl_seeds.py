@@ -54,6 +54,7 @@ from bench.ssl_phantoms import (  # noqa: E402
     describe_training,
     machine,
     train_and_score,
+    training_arrays,
 )
 
 _CACHE: dict[str, dict[str, Any]] = {}  # worker-process copy of the prepared arrays, by pickle path
@@ -92,20 +93,16 @@ def prepare(work: Path, data_seed: int, cases: int, test_cases: int, base: Any) 
     """Write (or reuse) phantom set ``data_seed`` and its preprocessed training arrays; returns
     ``(dataset folder, pickle of the arrays)``."""
     from models.data.phantoms import write_phantom_dataset
-    from models.training.pipeline import load_dataset, prepare_data
+    from models.training.pipeline import load_dataset
 
     data_dir = work / f"phantoms_{cases}+{test_cases}_s{data_seed}"
     if not (data_dir / "dataset.json").is_file():
         write_phantom_dataset(data_dir, cases, seed=data_seed, test_cases=test_cases)
     prep = data_dir / f"prepared_{base.preprocessing.spacing[0]:g}mm.pkl"
     if not prep.is_file():
-        every = base.with_overrides({"num_labeled": None})
-        data = prepare_data(load_dataset(data_dir), every, progress=False)
-        arrays = {"labeled": data.labeled, "labeled_ids": data.labeled_ids, "unlabeled": data.unlabeled,
-                  "spec": data.spec}
         tmp = prep.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
-            pickle.dump(arrays, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(training_arrays(load_dataset(data_dir), base), fh, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(prep)
     return data_dir, prep
 

@@ -14,6 +14,7 @@ from models.losses.prototype import class_prototypes, prototype_contrastive_loss
 from models.losses.ramps import linear_schedule, sigmoid_rampup
 from models.losses.supervised import (
     class_balanced_mean,
+    class_means,
     confident_disagreement_loss,
     confident_disagreement_mask,
     cross_entropy,
@@ -26,6 +27,7 @@ __all__ = [
     "ModuleSwitches",
     "check_probabilities",
     "class_balanced_mean",
+    "class_means",
     "class_prototypes",
     "confident_disagreement_loss",
     "confident_disagreement_mask",

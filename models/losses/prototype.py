@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.losses.supervised import class_means
+
 
 def class_prototypes(
     features: torch.Tensor, pseudo_label: torch.Tensor, reliable: torch.Tensor, num_classes: int
@@ -27,12 +29,7 @@ def class_prototypes(
         c = features.shape[1]
         f = F.normalize(features.detach().float(), dim=1).movedim(1, -1).reshape(-1, c)
         sel = reliable.reshape(-1)
-        labels = pseudo_label.reshape(-1).long()[sel]
-        sums = torch.zeros(num_classes, c, device=f.device, dtype=f.dtype).index_add_(0, labels, f[sel])
-        counts = torch.bincount(labels, minlength=num_classes).to(f.dtype)
-        present = counts > 0
-        protos = sums / counts.clamp_min(1.0).unsqueeze(1)
-    return protos, present
+        return class_means(f[sel], pseudo_label.reshape(-1)[sel], num_classes)
 
 
 def prototype_contrastive_loss(

@@ -15,6 +15,21 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target.long())
 
 
+def class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class mean of ``values (N, *D)`` over the rows with ``labels (N,)`` int in ``0..K-1``.
+
+    Returns ``(means (K, *D), present (K,) bool)``; rows of classes without any voxel are 0. Keeps the
+    gradient of ``values``.
+    """
+    lab = labels.long()
+    sums = values.new_zeros((num_classes, *values.shape[1:])).index_add(0, lab, values)
+    counts = torch.bincount(lab, minlength=num_classes)
+    present = counts > 0
+    scale = counts.clamp_min(1).to(values.dtype).reshape(num_classes, *([1] * (values.dim() - 1)))
+    return sums / scale, present
+
+
 def class_balanced_mean(
     values: torch.Tensor, labels: torch.Tensor, num_classes: int, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -26,16 +41,14 @@ def class_balanced_mean(
     voxel count. A grad-connected 0 when no voxel is selected.
     """
     v = values.float().reshape(-1)
-    lab = labels.detach().reshape(-1).long()
+    lab = labels.detach().reshape(-1)
     if mask is not None:
         keep = mask.detach().reshape(-1)
         v, lab = v[keep], lab[keep]
     if v.numel() == 0:
         return values.float().sum() * 0.0
-    sums = v.new_zeros(num_classes).index_add(0, lab, v)
-    counts = torch.bincount(lab, minlength=num_classes).to(v.dtype)
-    present = counts > 0
-    return (sums[present] / counts[present]).mean()
+    means, present = class_means(v, lab, num_classes)
+    return means[present].mean()
 
 
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
