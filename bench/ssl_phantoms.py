@@ -2,7 +2,8 @@
 
 Setup: ``--cases`` training phantoms of which the first ``--labeled-fraction`` (default 10 %) keep their
 labels; the rest are unlabeled; the test split is the phantom set's ``imagesTs``/``labelsTs`` (never used
-for any choice). Every variant trains with the same config, iterations and seed:
+for any choice). Every variant trains with the same config (``configs/phantoms_ssl.yaml`` at the run's
+budget), iterations and seed:
 
 ==================  =====================================================================================
 ``supervised``      labeled part only, CE + Dice (every module off, no unlabeled data)
@@ -131,18 +132,17 @@ class UncertaintyStats:
 
 
 def base_config(args: argparse.Namespace, num_labeled: int) -> Any:
-    """The shared config: the starter preset at the benchmark's budget, w_u 0.1 (as la_10pct) ramped over the
-    whole run, and the soft Dice against the pseudo-label next to the CPS cross-entropy (``pseudo_dice``;
-    bench/RESULTS.md lists the exploratory runs behind these values)."""
+    """The shared config: ``configs/phantoms_ssl.yaml`` (w_u 0.1, ``pseudo_dice`` and ``balanced_pseudo``;
+    its comments and bench/RESULTS.md say where each value comes from) at this run's budget, seed, patch
+    and widths, with both ramps over the whole run. Each variant then sets the modules."""
     from models.training.config import load_config
 
     it = args.iterations
-    return load_config("starter").with_overrides({
+    return load_config("phantoms_ssl").with_overrides({
         "name": "bench-ssl", "iterations": it, "num_labeled": num_labeled, "seed": args.seed,
         "patch_size": args.patch, "checkpoint_every": 0, "log_every": 10,
         "networks.net_a.width": args.width, "networks.net_b.width": args.width,
-        "batch_labeled": 2, "batch_unlabeled": 2,
-        "loss.w_u": 0.1, "loss.w_u_rampup": it, "loss.lambda_c_rampup": it, "loss.pseudo_dice": True,
+        "batch_labeled": 2, "batch_unlabeled": 2, "loss.w_u_rampup": it, "loss.lambda_c_rampup": it,
         **dict(_parse_set(kv) for kv in args.set),
     })
 
@@ -362,7 +362,8 @@ def describe_training(cfg: dict[str, Any]) -> str:
             f"widths {cfg['networks']['net_a']['width']}/{cfg['networks']['net_b']['width']}, lr "
             f"{cfg['optimizer']['lr']} poly; w_u {loss['w_u']} (ramp {loss['w_u_rampup']}), "
             f"lambda_c {loss['lambda_c']} (ramp {loss['lambda_c_rampup']}), q {loss['q_start']}; "
-            f"pseudo-label Dice {'on' if loss['pseudo_dice'] else 'off'}")
+            f"pseudo-label Dice {'on' if loss['pseudo_dice'] else 'off'}, class-balanced pseudo-labels "
+            f"{'on' if loss.get('balanced_pseudo') else 'off'}")
 
 
 def append_section(path: str | Path, text: str) -> None:

@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
 import math
 
 import numpy as np
 import pytest
 
-from bench.ssl_phantoms import auroc
-from bench.ssl_seeds import summarize, table
+from bench.ssl_phantoms import auroc, base_config, variant_config
+from bench.ssl_seeds import _normalised, summarize, table
+from models.training.config import load_config
+
+
+def test_benchmark_full_method_is_the_phantoms_ssl_preset() -> None:
+    """The benchmark's "full" variant at its defaults is configs/phantoms_ssl.yaml plus the run's fields."""
+    args = argparse.Namespace(iterations=600, seed=1337, patch=[48, 48, 32], width=4, set=[])
+    full, unlabeled, all_labels = variant_config(base_config(args, 4), "full")
+    preset = load_config("phantoms_ssl")
+    assert unlabeled and not all_labels
+    assert full.with_overrides({"name": preset.name, "checkpoint_every": preset.checkpoint_every}) == preset
+    assert preset.loss.balanced_pseudo and preset.loss.pseudo_dice and preset.num_labeled == 4
+    assert all(vars(preset.modules).values())
+    sup, unlabeled, _ = variant_config(base_config(args, 4), "supervised")
+    assert not unlabeled and not any(vars(sup.modules).values())
+    # a shorter run stretches both ramps to its length; --set reaches the config
+    short = base_config(argparse.Namespace(iterations=50, seed=1, patch=[32, 32, 32], width=2,
+                                           set=["loss.balanced_pseudo=false"]), 2)
+    assert (short.loss.w_u_rampup, short.loss.lambda_c_rampup, short.loss.balanced_pseudo) == (50, 50, False)
+    assert short.networks.net_b.width == 2 and short.num_labeled == 2
+
+
+def test_saved_settings_ignore_seed_and_modules() -> None:
+    """Results saved before a field existed, or with another base module set, still match."""
+    cfg = load_config("phantoms_ssl").to_dict()
+    saved = copy.deepcopy({"cases": 40, "config": {**cfg, "seed": 7, "modules": {"prototype": False}}})
+    del saved["config"]["loss"]["classwise_q"]  # a field added after the file was written
+    expected = {k: v for k, v in cfg.items() if k not in ("seed", "modules")}
+    assert _normalised(saved) == {"cases": 40, "config": expected}
 
 
 def test_auroc_hand_values() -> None:
