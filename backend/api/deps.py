@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -111,6 +111,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # DELETE as not done yet, and a failed commit came after a success had already been answered.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+
+#: Largest page offset a list endpoint accepts: far beyond any real list, well inside a database BIGINT
+#: (a larger number is a 422, never an overflow inside the query).
+MAX_OFFSET = 10_000_000
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 ViewerDep = Annotated[Principal, Depends(require_role(Role.viewer))]
 AnnotatorDep = Annotated[Principal, Depends(require_role(Role.annotator))]

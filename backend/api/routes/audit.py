@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from backend.api.deps import SessionDep, require_role
+from backend.api.deps import OffsetQuery, SessionDep, require_role
 from backend.services import audit
 
 router = APIRouter(prefix="/audit", tags=["audit"], dependencies=[Depends(require_role("admin"))])
@@ -46,7 +46,7 @@ def list_audit(
     since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    offset: OffsetQuery = 0,
 ) -> AuditPage:
     rows, total = audit.list_events(
         session,

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, require_role, send_job
+from backend.api.deps import CeleryDep, OffsetQuery, SessionDep, SettingsDep, StoreDep, require_role, send_job
 from backend.api.presenters import case_public, case_urls, job_public
 from backend.broker import SEGMENT_TASK
 from backend.errors import BadInput, TooLarge
@@ -89,7 +89,7 @@ def create_case(
 def list_cases(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: OffsetQuery = 0,
     sort: Annotated[Literal["created", "uncertainty"],
                     Query(description="uncertainty = most uncertain first")] = "created",
     state: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
