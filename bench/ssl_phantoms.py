@@ -142,7 +142,7 @@ def base_config(args: argparse.Namespace, num_labeled: int) -> Any:
         "name": "bench-ssl", "iterations": it, "num_labeled": num_labeled, "seed": args.seed,
         "patch_size": args.patch, "checkpoint_every": 0, "log_every": 10,
         "networks.net_a.width": args.width, "networks.net_b.width": args.width,
-        "batch_labeled": 2, "batch_unlabeled": 2, "loss.w_u_rampup": it, "loss.lambda_c_rampup": it,
+        "loss.w_u_rampup": it, "loss.lambda_c_rampup": it,
         **dict(_parse_set(kv) for kv in args.set),
     })
 

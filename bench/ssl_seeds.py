@@ -59,6 +59,8 @@ from bench.ssl_phantoms import (  # noqa: E402
     training_arrays,
 )
 
+#: Config fields left out of a work folder's saved settings: the seed is per run, each variant sets modules
+_PER_RUN = ("seed", "modules")
 _CACHE: dict[str, dict[str, Any]] = {}  # worker-process copy of the prepared arrays, by pickle path
 
 
@@ -87,7 +89,7 @@ def _normalised(settings: dict[str, Any]) -> dict[str, Any]:
         config = TrainConfig.from_dict(settings["config"]).to_dict()
     except (TypeError, ValueError, KeyError):
         return settings
-    for key in ("seed", "modules"):  # the seed is per run; every variant sets its own modules
+    for key in _PER_RUN:
         config.pop(key, None)
     return json.loads(json.dumps({**settings, "config": config}))
 
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         bases[ts] = base_config(ns, n_lab)
     results_path = work / "results.json"
     saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    shared = {k: v for k, v in bases[args.train_seeds[0]].to_dict().items() if k not in ("seed", "modules")}
+    shared = {k: v for k, v in bases[args.train_seeds[0]].to_dict().items() if k not in _PER_RUN}
     settings = {"cases": args.cases, "test_cases": args.test_cases, "labeled": n_lab, "config": shared}
     settings = json.loads(json.dumps(settings))
     if saved.get("runs") and _normalised(saved.get("settings", {})) != settings:

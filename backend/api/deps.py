@@ -111,15 +111,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # DELETE as not done yet, and a failed commit came after a success had already been answered.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+ViewerDep = Annotated[Principal, Depends(require_role(Role.viewer))]
+AnnotatorDep = Annotated[Principal, Depends(require_role(Role.annotator))]
+AdminDep = Annotated[Principal, Depends(require_role(Role.admin))]
 
 #: Largest page offset a list endpoint accepts: far beyond any real list, well inside a database BIGINT
 #: (a larger number is a 422, never an overflow inside the query).
 MAX_OFFSET = 10_000_000
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
-ViewerDep = Annotated[Principal, Depends(require_role(Role.viewer))]
-AnnotatorDep = Annotated[Principal, Depends(require_role(Role.annotator))]
-AdminDep = Annotated[Principal, Depends(require_role(Role.admin))]
 
 
 def send_job(celery: Celery, task: str, job_id: str, queue: str) -> bool:
