@@ -95,6 +95,12 @@ class Case(Base):
     mean_entropy: Mapped[float | None] = mapped_column(Float)
     uncertainty_score: Mapped[float | None] = mapped_column(Float, index=True)
     region_count: Mapped[int | None] = mapped_column(Integer)
+    # the case-level out-of-distribution flag of the latest segmentation (models/inference/ood.py)
+    ood_score: Mapped[float | None] = mapped_column(Float)
+    out_of_distribution: Mapped[bool | None] = mapped_column(Boolean)
+    # side of the retraining split ('train' | 'validation'): set at the first correction, never changed
+    split: Mapped[str | None] = mapped_column(String(16), index=True)
+    split_at: Mapped[datetime | None] = mapped_column()
     created_by: Mapped[str | None] = mapped_column(String(64))
 
     jobs: Mapped[list[Job]] = relationship(back_populates="case", cascade="all, delete-orphan")
