@@ -56,8 +56,8 @@ class Settings(BaseSettings):
     retrain_iterations: int | None = Field(
         None, ge=1, description="iterations of a run (default: the preset's)")
     retrain_val_percent: int = Field(
-        20, ge=1, le=90, description="share of corrected cases held out for validation "
-        "(fixed by a hash of the case id)")
+        20, ge=1, le=90, description="share of corrected cases held out for validation (each case's side "
+        "is fixed at its first correction; the second corrected case always validates)")
     retrain_min_labeled: int = Field(
         1, ge=1, description="labeled training cases needed, else the run is skipped")
     retrain_seed_dataset: Path | None = Field(

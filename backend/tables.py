@@ -98,6 +98,7 @@ class Case(Base):
     # the case-level out-of-distribution flag of the latest segmentation (models/inference/ood.py)
     ood_score: Mapped[float | None] = mapped_column(Float)
     out_of_distribution: Mapped[bool | None] = mapped_column(Boolean)
+    ood_reason: Mapped[str | None] = mapped_column(Text)
     # side of the retraining split ('train' | 'validation'): set at the first correction, never changed
     split: Mapped[str | None] = mapped_column(String(16), index=True)
     split_at: Mapped[datetime | None] = mapped_column()

@@ -34,6 +34,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('split_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('ood_score', sa.Float(), nullable=True))
         batch_op.add_column(sa.Column('out_of_distribution', sa.Boolean(), nullable=True))
+        batch_op.add_column(sa.Column('ood_reason', sa.Text(), nullable=True))
         batch_op.create_index(batch_op.f('ix_cases_split'), ['split'], unique=False)
     percent = int(os.environ.get('DUALSEG_RETRAIN_VAL_PERCENT', '20'))
     bind = op.get_bind()
@@ -47,6 +48,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_cases_split'))
+        batch_op.drop_column('ood_reason')
         batch_op.drop_column('out_of_distribution')
         batch_op.drop_column('ood_score')
         batch_op.drop_column('split_at')

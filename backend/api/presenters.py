@@ -6,8 +6,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.schemas.cases import ArtifactPublic, CasePublic, JobPublic, UncertaintySummary
+from backend.schemas.models import CorrectionPublic
 from backend.services.jobs import queue_position
-from backend.tables import Artifact, Case, Job
+from backend.tables import Artifact, Case, Correction, Job
 
 API = "/api/v1"
 
@@ -52,9 +53,18 @@ def case_public(session: Session, case: Case, job: Job | None = None,
         frame_of_reference_uid=case.frame_of_reference_uid, series_description=case.series_description,
         pseudonym=(case.meta or {}).get("pseudonym"),
         sha256=case.sha256, size_bytes=case.size_bytes, num_files=case.num_files,
-        model_version=case.model_version,
+        model_version=case.model_version, split=case.split,
         uncertainty=UncertaintySummary(score=case.uncertainty_score, mean_entropy=case.mean_entropy,
-                                       region_count=case.region_count),
+                                       region_count=case.region_count,
+                                       out_of_distribution=case.out_of_distribution, ood_score=case.ood_score,
+                                       ood_reason=case.ood_reason),
         latest_job=job_public(session, job) if job is not None else None,
         artifacts=artifacts, urls=case_urls(case.id),
     )
+
+
+def correction_public(c: Correction, split: str | None) -> CorrectionPublic:
+    return CorrectionPublic(correction_id=c.id, case_id=c.case_id, job_id=c.job_id,
+                            model_version=c.model_version, author=c.author, created_at=c.created_at,
+                            source_format=c.source_format, sha256=c.sha256, stats=c.stats or {},
+                            split=split)

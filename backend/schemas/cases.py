@@ -48,6 +48,11 @@ class UncertaintySummary(BaseModel):
                                 "region of interest (predicted foreground ∪ entropy ≥ 0.05)")
     mean_entropy: float | None = None
     region_count: int | None = None
+    out_of_distribution: bool | None = Field(
+        None, description="the volume is unlike the model's training data (models/inference/ood.py): "
+        "its voxel uncertainty and region ranking are not to be trusted")
+    ood_score: float | None = Field(None, description="out-of-distribution score in [0, 1]; flagged at ≥ 0.5")
+    ood_reason: str | None = Field(None, description="what made the score high, in words")
 
 
 class CasePublic(BaseModel):
@@ -68,6 +73,8 @@ class CasePublic(BaseModel):
     size_bytes: int
     num_files: int
     model_version: str | None
+    split: str | None = Field(None, description="side of the retraining split (train | validation), "
+                              "fixed at the case's first correction; null while uncorrected")
     uncertainty: UncertaintySummary
     latest_job: JobPublic | None
     artifacts: list[ArtifactPublic] = Field(default_factory=list)

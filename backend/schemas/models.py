@@ -20,6 +20,8 @@ class CorrectionPublic(BaseModel):
     stats: dict[str, Any] = Field(description="dice, voxels_added/removed/relabelled/changed, "
                                   "changed_in_flagged_share (share of changed voxels with entropy ≥ 0.5), "
                                   "changed_in_region_boxes_share")
+    split: str | None = Field(None, description="the case's side of the retraining split (train | "
+                              "validation), fixed at its first correction")
 
 
 class ModelVersionPublic(BaseModel):
@@ -60,3 +62,18 @@ class TrainingRunPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class TrainingReadiness(BaseModel):
+    """Whether a retraining run can start now, and what is missing if not."""
+
+    ready: bool
+    corrections_needed: int = Field(description="more corrected cases needed before a run can start")
+    reason: str | None = Field(None, description="what is missing, in words (null when ready)")
+    train: int = Field(description="corrected cases on the training side")
+    validation: int = Field(description="corrected cases on the validation side")
+    unlabeled: int = Field(description="uncorrected cases (the run's unlabeled data)")
+    seed_labeled: int
+    min_labeled: int
+    validation_percent: int
+    next_side: str = Field(description="the side the next newly corrected case will get")

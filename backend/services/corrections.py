@@ -16,7 +16,7 @@ from backend.config import Settings
 from backend.errors import BadInput
 from backend.imaging.nifti import load_image, write_nifti
 from backend.services import artifacts as art
-from backend.services import identity, registry
+from backend.services import identity, registry, training
 from backend.storage import ArtifactStore, sha256_file
 from backend.tables import Case, Correction, Job, JobState, new_id
 
@@ -178,6 +178,7 @@ def create_correction(session: Session, settings: Settings, store: ArtifactStore
                      model_version=job.model_version if job else None, author=author, source_format=fmt,
                      key=key, sha256=sha256_file(store.path(key)), stats=stats)
     session.add(row)
+    training.assign_split(session, settings, case)
     session.flush()
     return row
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
@@ -20,9 +20,59 @@ from backend.tables import Case, Correction, RunState, TrainingRun, utcnow
 ACTIVE_STATES = (RunState.queued, RunState.running)
 
 
+SPLITS = ("train", "validation")
+
+
 def in_validation(case_id: str, percent: int) -> bool:
-    """Stable split: a case's side never changes, whatever other cases come and go."""
+    """The hash split used before revision 0003 (kept for the migration of old rows and for tests)."""
     return int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16) % 100 < percent
+
+
+def validation_target(n_assigned: int, percent: int) -> int:
+    """How many of ``n_assigned`` corrected cases belong in validation.
+
+    ``percent`` of them rounded half up, but at least 1 from the second case on (so that 1 train +
+    1 validation is enough for a first run) and never all of them: 1 → 0, 2 → 1, and with 20 %:
+    3–7 → 1, 8–12 → 2, 13–17 → 3 …
+    """
+    if n_assigned < 2:
+        return 0
+    return min(n_assigned - 1, max(1, math.floor(n_assigned * percent / 100 + 0.5)))
+
+
+def next_side(n_train: int, n_validation: int, percent: int) -> str:
+    """The side of the next corrected case, given the sides already stored."""
+    n = n_train + n_validation + 1
+    return "validation" if n_validation < validation_target(n, percent) else "train"
+
+
+def split_counts(session: Session) -> tuple[int, int]:
+    rows = dict(session.execute(select(Case.split, func.count()).where(Case.split.is_not(None))
+                                .group_by(Case.split)).all())
+    return int(rows.get("train", 0)), int(rows.get("validation", 0))
+
+
+def assign_split(session: Session, settings: Settings, case: Case) -> str:
+    """Decide a case's side at its first correction and store it; a stored side never changes.
+
+    Runs in the correction's transaction. On PostgreSQL a transaction-scoped advisory lock serialises
+    concurrent first corrections (two of them would otherwise read the same counts); SQLite serialises
+    writers by itself.
+    """
+    if case.split is not None:
+        return case.split
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SPLIT_LOCK_KEY})
+        session.refresh(case)
+        if case.split is not None:
+            return case.split
+    n_train, n_val = split_counts(session)
+    case.split = next_side(n_train, n_val, settings.retrain_val_percent)
+    case.split_at = utcnow()
+    return case.split
+
+
+SPLIT_LOCK_KEY = 0x64736700  # "dsg\0": the advisory lock of the split assignment
 
 
 @dataclass
@@ -40,27 +90,73 @@ class RunData:
 
 
 def gather_data(session: Session, settings: Settings) -> RunData:
+    """Corrected cases by their stored side; every uncorrected case is unlabeled data.
+
+    A corrected case without a stored side (written by a path that bypassed ``assign_split``) is
+    assigned here, once, so no case is ever left out.
+    """
     latest: dict[str, Correction] = {
         c.case_id: c for c in session.scalars(select(Correction).order_by(Correction.created_at))}
     data = RunData()
     for case in session.scalars(select(Case).order_by(Case.created_at)):
-        val = in_validation(case.id, settings.retrain_val_percent)
         corr = latest.get(case.id)
-        if corr is not None:
-            (data.validation if val else data.train_labeled).append((case.id, case.image_key, corr.key))
-        elif not val:
+        if corr is None:
             data.unlabeled.append((case.id, case.image_key))
+            continue
+        side = case.split or assign_split(session, settings, case)
+        (data.validation if side == "validation" else data.train_labeled).append(
+            (case.id, case.image_key, corr.key))
     return data
 
 
+def corrections_needed(n_train: int, n_validation: int, settings: Settings, seed_labeled: int = 0) -> int:
+    """How many more corrected cases (assigned by ``next_side``) until a run can start."""
+    need = 0
+    while n_train + seed_labeled < settings.retrain_min_labeled or n_validation < 1:
+        if next_side(n_train, n_validation, settings.retrain_val_percent) == "validation":
+            n_validation += 1
+        else:
+            n_train += 1
+        need += 1
+    return need
+
+
 def skip_reason(data: RunData, settings: Settings, seed_labeled: int = 0) -> str | None:
-    if len(data.train_labeled) + seed_labeled < settings.retrain_min_labeled:
-        return (f"too little labeled data: {len(data.train_labeled)} corrected case(s) in the training split "
-                f"(+{seed_labeled} seed), {settings.retrain_min_labeled} needed")
-    if not data.validation:
-        return ("no corrected case falls in the validation split yet "
-                f"({settings.retrain_val_percent}% of cases, fixed by case id); correct more cases")
-    return None
+    return _missing(len(data.train_labeled), len(data.validation), settings, seed_labeled)
+
+
+def _missing(n_train: int, n_val: int, settings: Settings, seed_labeled: int) -> str | None:
+    need = corrections_needed(n_train, n_val, settings, seed_labeled)
+    if need == 0:
+        return None
+    missing = []
+    if n_train + seed_labeled < settings.retrain_min_labeled:
+        missing.append(f"{n_train} corrected case(s) in the training split (+{seed_labeled} seed), "
+                       f"{settings.retrain_min_labeled} needed")
+    if n_val < 1:
+        missing.append("no corrected case in the validation split yet")
+    return (f"not enough corrections yet: {'; '.join(missing)}; correct {need} more case(s) "
+            f"({settings.retrain_val_percent}% of corrected cases go to validation, the second one always)")
+
+
+def readiness(session: Session, settings: Settings, seed_labeled: int = 0) -> dict[str, Any]:
+    """Whether a run can start now and, if not, how many more corrections it needs (read-only)."""
+    n_train, n_val = split_counts(session)
+    pending = session.scalars(select(Case.id).where(
+        Case.split.is_(None), Case.id.in_(select(Correction.case_id)))).all()
+    for _ in pending:  # corrected before a side was stored: counted as they will be assigned
+        if next_side(n_train, n_val, settings.retrain_val_percent) == "validation":
+            n_val += 1
+        else:
+            n_train += 1
+    corrected = n_train + n_val
+    unlabeled = int(session.scalar(select(func.count()).select_from(Case)) or 0) - corrected
+    need = corrections_needed(n_train, n_val, settings, seed_labeled)
+    reason = _missing(n_train, n_val, settings, seed_labeled)
+    return {"ready": need == 0, "corrections_needed": need, "reason": reason,
+            "train": n_train, "validation": n_val, "unlabeled": unlabeled, "seed_labeled": seed_labeled,
+            "min_labeled": settings.retrain_min_labeled, "validation_percent": settings.retrain_val_percent,
+            "next_side": next_side(n_train, n_val, settings.retrain_val_percent)}
 
 
 def gate(candidate: dict[str, float], active: dict[str, float] | None, dice_tol: float,

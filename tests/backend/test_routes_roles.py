@@ -47,6 +47,7 @@ ROLE_TABLE: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/models/rollback"): ADM,
     # training: viewers read, admins start and cancel
     ("GET", "/api/v1/training-runs"): V,
+    ("GET", "/api/v1/training-runs/readiness"): V,
     ("GET", "/api/v1/training-runs/{run_id}"): V,
     ("POST", "/api/v1/training-runs"): ADM,
     ("DELETE", "/api/v1/training-runs/{run_id}"): ADM,

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.services.training import in_validation
 from tests.helpers import LiveStack, blob_volume, make_tiny_package, oblique_affine, write_nifti
 
 
@@ -44,25 +43,33 @@ def _wait(client: httpx.Client, url: str, done: tuple[str, ...], timeout: float 
 def test_upload_correct_retrain_promote_reuse_rollback(stack: LiveStack, tmp_path: Path) -> None:
     client = stack.client("admin", timeout=120)
     annotator = stack.client("annotator", timeout=120)
-    splits: set[bool] = set()
-    seed = 0
-    first_case = None
-    while splits != {True, False} or seed < 3:
+    ready = client.get("/api/v1/training-runs/readiness").json()
+    assert ready["ready"] is False and ready["corrections_needed"] == 2 and ready["next_side"] == "train"
+    case_ids, labels = [], []
+    for seed in range(3):
         image, label = blob_volume((40, 36, 24), seed=seed)
         src = write_nifti(tmp_path / f"c{seed}.nii.gz", image, oblique_affine())
         r = annotator.post("/api/v1/cases", files={"files": (src.name, src.read_bytes())})
         assert r.status_code == 202, r.text
-        case_id, job_id = r.json()["case_id"], r.json()["job_id"]
-        job = _wait(client, f"/api/v1/jobs/{job_id}", ("succeeded", "failed"))
+        case_ids.append(r.json()["case_id"])
+        job = _wait(client, f"/api/v1/jobs/{r.json()['job_id']}", ("succeeded", "failed"))
         assert job["state"] == "succeeded" and job["model_version"] == "tiny-loop-1"
-        first_case = first_case or case_id
-        if seed < 2 or in_validation(case_id, 50) not in splits:
-            lab = write_nifti(tmp_path / f"l{seed}.nii.gz", label, oblique_affine())
-            r = annotator.put(f"/api/v1/cases/{case_id}/correction",
-                              files={"file": (lab.name, lab.read_bytes())})
-            assert r.status_code == 201, r.text
-            splits.add(in_validation(case_id, 50))
-        seed += 1
+        labels.append(write_nifti(tmp_path / f"l{seed}.nii.gz", label, oblique_affine()))
+    first_case = case_ids[0]
+
+    def correct(i: int) -> dict[str, Any]:
+        r = annotator.put(f"/api/v1/cases/{case_ids[i]}/correction",
+                          files={"file": (labels[i].name, labels[i].read_bytes())})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    assert correct(0)["split"] == "train"
+    ready = client.get("/api/v1/training-runs/readiness").json()
+    assert (ready["ready"], ready["corrections_needed"], ready["train"], ready["validation"]) == (False, 1, 1, 0)
+    assert "correct 1 more case" in ready["reason"] and ready["next_side"] == "validation"
+    assert correct(1)["split"] == "validation"  # the second corrected case always validates
+    ready = client.get("/api/v1/training-runs/readiness").json()
+    assert ready["ready"] is True and ready["reason"] is None and ready["unlabeled"] == 1
 
     assert annotator.post("/api/v1/training-runs", json={}).status_code == 403
     r = client.post("/api/v1/training-runs", json={"iterations": 3})
@@ -74,7 +81,10 @@ def test_upload_correct_retrain_promote_reuse_rollback(stack: LiveStack, tmp_pat
     assert run["state"] == "succeeded", (run, stack.log_tail("worker"))
     assert run["iteration"] == 3 and run["total_iterations"] == 3 and "total" in run["losses"]
     assert run["decision"]["promoted"] is True and run["decision"]["reasons"]
-    assert run["metrics"]["candidate"]["cases"] == run["data_summary"]["validation"] >= 1
+    assert run["metrics"]["candidate"]["cases"] == run["data_summary"]["validation"] == 1
+    assert run["data_summary"]["validation_cases"] == [case_ids[1]]
+    assert list(run["metrics"]["candidate"]["per_case"]) == [case_ids[1]]
+    assert (run["data_summary"]["labeled"], run["data_summary"]["unlabeled"]) == (1, 1)
     new_version = run["candidate_version"]
     model = client.get(f"/api/v1/models/{new_version}").json()
     assert model["state"] == "active" and model["parent_version"] == "tiny-loop-1"
@@ -94,6 +104,13 @@ def test_upload_correct_retrain_promote_reuse_rollback(stack: LiveStack, tmp_pat
     job = _wait(client, f"/api/v1/jobs/{r.json()['job_id']}", ("succeeded", "failed"))
     assert job["model_version"] == "tiny-loop-1"
     assert [x["id"] for x in client.get("/api/v1/training-runs").json()] == [run_id]
+
+    # later corrections never move a stored side; at 50 % the third corrected case goes to validation
+    # (2 of 3, rounded half up; the sequence itself is tested in tests/worker/test_retrain.py)
+    assert correct(0)["split"] == "train" and correct(1)["split"] == "validation"
+    third = correct(2)["split"]
+    sides = [client.get(f"/api/v1/cases/{c}").json()["split"] for c in case_ids]
+    assert sides == ["train", "validation", third] and third == "validation"
 
 
 def test_beat_schedule_has_retraining_and_sweeper() -> None:

@@ -48,12 +48,11 @@ def _add_case(s: Settings, store: ArtifactStore, tmp: Path, seed: int, correct: 
 
 
 def _cases_in_both_splits(s: Settings, store: ArtifactStore, tmp: Path) -> list[str]:
-    ids: list[str] = []
-    seed = 0
-    while not ({training.in_validation(i, 50) for i in ids} >= {True, False}):
-        ids.append(_add_case(s, store, tmp, seed, correct=True))
-        seed += 1
+    """Two corrected cases (the first goes to training, the second to validation) and one unlabeled."""
+    ids = [_add_case(s, store, tmp, seed, correct=True) for seed in (0, 1)]
     ids.append(_add_case(s, store, tmp, 100, correct=False))  # unlabeled
+    with session_scope(s.resolved_database_url) as session:
+        assert [cases.get_case(session, i).split for i in ids] == ["train", "validation", None]
     return ids
 
 
@@ -70,12 +69,62 @@ def _run(s: Settings, run_id: str) -> TrainingRun:
         return run
 
 
-def test_split_is_stable_and_balanced() -> None:
+def test_old_hash_split_is_stable_and_balanced() -> None:
+    """The pre-0003 split (kept for migrating old rows)."""
     ids = [f"{i:032x}" for i in range(2000)]
     share = np.mean([training.in_validation(i, 20) for i in ids])
     assert 0.17 < share < 0.23
     first = [training.in_validation(i, 20) for i in ids[:50]]
     assert first == [training.in_validation(i, 20) for i in ids[:50]]
+
+
+def test_split_assignment_sequence() -> None:
+    assert [training.validation_target(n, 20) for n in range(1, 14)] == [0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3]
+    assert [training.validation_target(n, 50) for n in range(1, 7)] == [0, 1, 2, 2, 3, 3]
+    assert training.validation_target(3, 90) == 2  # never every case
+    t = v = 0
+    sides = []
+    for _ in range(20):
+        side = training.next_side(t, v, 20)
+        sides.append(side)
+        t, v = (t, v + 1) if side == "validation" else (t + 1, v)
+    assert [i + 1 for i, x in enumerate(sides) if x == "validation"] == [2, 8, 13, 18]
+    assert v == 4 and t == 16
+
+
+def test_corrections_needed() -> None:
+    s = Settings(retrain_val_percent=20, retrain_min_labeled=1)
+    assert training.corrections_needed(0, 0, s) == 2
+    assert training.corrections_needed(1, 0, s) == 1
+    assert training.corrections_needed(0, 1, s) == 1  # a migrated row: only a training case is missing
+    assert training.corrections_needed(1, 1, s) == 0
+    s3 = Settings(retrain_val_percent=20, retrain_min_labeled=3)
+    assert training.corrections_needed(1, 1, s3) == 2
+    assert training.corrections_needed(0, 0, s3) == 4  # train, validation, train, train
+
+
+def test_sides_are_stored_and_never_change(env: tuple[Settings, ArtifactStore], tmp_path: Path) -> None:
+    s, store = env
+    with session_scope(s.resolved_database_url) as session:
+        r0 = training.readiness(session, s)
+    assert r0["ready"] is False and r0["corrections_needed"] == 2 and "correct 2 more" in r0["reason"]
+    ids = [_add_case(s, store, tmp_path, seed, correct=seed < 2) for seed in range(4)]
+    with session_scope(s.resolved_database_url) as session:
+        r = training.readiness(session, s)
+        assert (r["ready"], r["train"], r["validation"], r["unlabeled"]) == (True, 1, 1, 2)
+        first = [cases.get_case(session, i).split for i in ids]
+    assert first == ["train", "validation", None, None]
+    lab = write_nifti(tmp_path / "again.nii.gz", blob_volume((40, 36, 24), seed=9)[1], oblique_affine())
+    with session_scope(s.resolved_database_url) as session:  # a second correction of each + two new cases
+        for i in ids:
+            corrections.create_correction(session, s, store, cases.get_case(session, i), lab, "nifti", "t")
+    with session_scope(s.resolved_database_url) as session:
+        now = [cases.get_case(session, i).split for i in ids]
+        data = training.gather_data(session, s)
+    assert now[:2] == first[:2]  # stored sides never change
+    assert now[2:] == ["validation", "train"]  # 50 %: the 3rd corrected case goes to validation, the 4th to train
+    assert sorted(c for c, _, _ in data.validation) == sorted([ids[1], ids[2]])
+    assert data.unlabeled == []
 
 
 def test_gate_decisions() -> None:
@@ -97,7 +146,8 @@ def test_skipped_without_enough_data(env: tuple[Settings, ArtifactStore], tmp_pa
     run_id = _new_run(s)
     assert retrain.run_retrain(s, store, run_id) == "skipped"
     run = _run(s, run_id)
-    assert run.state == RunState.skipped and "too little labeled data" in run.decision["reasons"][0]
+    reason = run.decision["reasons"][0]
+    assert run.state == RunState.skipped and "not enough corrections" in reason and "correct 2 more" in reason
 
 
 @pytest.mark.parametrize("better", [True, False])
@@ -121,7 +171,7 @@ def test_gate_promotes_or_rejects(env: tuple[Settings, ArtifactStore], tmp_path:
     assert run.state == RunState.succeeded and run.iteration == 3 and run.total_iterations == 3
     assert run.decision["promote"] is better and run.decision["promoted"] is better
     assert run.data_summary["validation"] >= 1 and run.data_summary["labeled"] >= 1
-    assert run.data_summary["unlabeled"] >= 1 or not training.in_validation("x", 50)
+    assert run.data_summary["unlabeled"] == 1
     with session_scope(s.resolved_database_url) as session:
         cand = registry.get_version(session, run.candidate_version)
         active = registry.active_version(session)

@@ -15,21 +15,15 @@ from backend.api.deps import (
     require_role,
     send_job,
 )
+from backend.api.presenters import correction_public
 from backend.broker import RETRAIN_TASK
 from backend.errors import BadInput, Conflict
 from backend.schemas.models import CorrectionPublic
 from backend.services import audit, corrections, training
 from backend.services import cases as case_service
 from backend.services.uploads import copy_stream, discard, safe_name
-from backend.tables import Correction
 
 router = APIRouter(tags=["corrections"], dependencies=[Depends(require_role("viewer"))])
-
-
-def correction_public(c: Correction) -> CorrectionPublic:
-    return CorrectionPublic(correction_id=c.id, case_id=c.case_id, job_id=c.job_id,
-                            model_version=c.model_version, author=c.author, created_at=c.created_at,
-                            source_format=c.source_format, sha256=c.sha256, stats=c.stats or {})
 
 
 @router.put("/cases/{case_id}/correction", response_model=CorrectionPublic, status_code=201,
@@ -65,7 +59,7 @@ def put_correction(case_id: str, session: SessionDep, settings: SettingsDep, sto
     finally:
         discard(folder)
     maybe_start_retraining(session, settings, celery)
-    return correction_public(row)
+    return correction_public(row, case.split)
 
 
 def maybe_start_retraining(session: SessionDep, settings: SettingsDep, celery: CeleryDep) -> None:
@@ -84,5 +78,5 @@ def maybe_start_retraining(session: SessionDep, settings: SettingsDep, celery: C
 @router.get("/cases/{case_id}/corrections", response_model=list[CorrectionPublic],
             summary="Every correction of a case, newest first")
 def list_case_corrections(case_id: str, session: SessionDep) -> list[CorrectionPublic]:
-    case_service.get_case(session, case_id)
-    return [correction_public(c) for c in corrections.list_corrections(session, case_id)]
+    case = case_service.get_case(session, case_id)
+    return [correction_public(c, case.split) for c in corrections.list_corrections(session, case_id)]

@@ -18,7 +18,7 @@ from backend.api.deps import (
     require_role,
     send_job,
 )
-from backend.api.presenters import case_urls
+from backend.api.presenters import case_urls, correction_public
 from backend.broker import SEGMENT_TASK
 from backend.errors import BadInput, NotFound
 from backend.pacs import ledger, pulls, pushes
@@ -27,7 +27,6 @@ from backend.pacs.dimse import forward_peer
 from backend.pacs.imports import import_instance
 from backend.pacs.ingest import newest_case_for_series, resolve_model
 from backend.pacs.names import PULL_TASK, PUSH_TASK
-from backend.schemas.models import CorrectionPublic
 from backend.schemas.pacs import (
     ImportSegRequest,
     ImportSegResult,
@@ -131,10 +130,7 @@ def import_seg(body: ImportSegRequest, session: SessionDep, settings: SettingsDe
     out = ImportSegResult(
         created=result.created, sop_instance_uid=ref.sop_uid, study_uid=ref.study_uid,
         series_uid=ref.series_uid,
-        correction=CorrectionPublic(correction_id=corr.id, case_id=corr.case_id, job_id=corr.job_id,
-                                    model_version=corr.model_version, author=corr.author,
-                                    created_at=corr.created_at, source_format=corr.source_format,
-                                    sha256=corr.sha256, stats=corr.stats or {}))
+        correction=correction_public(corr, case_service.get_case(session, corr.case_id).split))
     return JSONResponse(out.model_dump(mode="json"), status_code=201 if result.created else 200)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import CeleryDep, SessionDep, require_role, send_job
+from backend.api.deps import CeleryDep, SessionDep, SettingsDep, require_role, send_job
 from backend.broker import RETRAIN_TASK
-from backend.schemas.models import TrainingRunCreate, TrainingRunPublic
+from backend.schemas.models import TrainingReadiness, TrainingRunCreate, TrainingRunPublic
 from backend.services import training
 from backend.tables import TrainingRun
 
@@ -43,6 +43,12 @@ def create_run(session: SessionDep, celery: CeleryDep, body: TrainingRunCreate |
 @router.get("", response_model=list[TrainingRunPublic], summary="Recent runs, newest first")
 def list_runs(session: SessionDep) -> list[TrainingRunPublic]:
     return [run_public(r) for r in training.list_runs(session)]
+
+
+@router.get("/readiness", response_model=TrainingReadiness,
+            summary="Can a run start now? If not, how many more corrections it needs")
+def get_readiness(session: SessionDep, settings: SettingsDep) -> TrainingReadiness:
+    return TrainingReadiness(**training.readiness(session, settings))
 
 
 @router.get("/{run_id}", response_model=TrainingRunPublic, summary="One run")
