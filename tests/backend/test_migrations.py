@@ -66,7 +66,8 @@ def test_0003_keeps_the_side_of_cases_corrected_before_it(tmp_path: Path) -> Non
             for n, i in enumerate(ids[:10]):
                 conn.execute(text(
                     "INSERT INTO corrections (id, case_id, created_at, source_format, key, sha256, stats) "
-                    "VALUES (:c, :i, :t, 'nifti', 'k', 'x', '{}')"), {"c": f"c{n}", "i": i, "t": "2026-02-01"})
+                    "VALUES (:c, :i, :t, 'nifti', 'k', 'x', '{}')"),
+                    {"c": f"c{n}", "i": i, "t": "2026-02-01"})
         command.upgrade(cfg, "head")
         with engine.connect() as conn:
             got = dict(conn.execute(text("SELECT id, split FROM cases")).all())

@@ -65,7 +65,8 @@ def test_upload_correct_retrain_promote_reuse_rollback(stack: LiveStack, tmp_pat
 
     assert correct(0)["split"] == "train"
     ready = client.get("/api/v1/training-runs/readiness").json()
-    assert (ready["ready"], ready["corrections_needed"], ready["train"], ready["validation"]) == (False, 1, 1, 0)
+    got = (ready["ready"], ready["corrections_needed"], ready["train"], ready["validation"])
+    assert got == (False, 1, 1, 0)
     assert "correct 1 more case" in ready["reason"] and ready["next_side"] == "validation"
     assert correct(1)["split"] == "validation"  # the second corrected case always validates
     ready = client.get("/api/v1/training-runs/readiness").json()

@@ -79,7 +79,8 @@ def test_old_hash_split_is_stable_and_balanced() -> None:
 
 
 def test_split_assignment_sequence() -> None:
-    assert [training.validation_target(n, 20) for n in range(1, 14)] == [0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3]
+    targets = [training.validation_target(n, 20) for n in range(1, 14)]
+    assert targets == [0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3]
     assert [training.validation_target(n, 50) for n in range(1, 7)] == [0, 1, 2, 2, 3, 3]
     assert training.validation_target(3, 90) == 2  # never every case
     t = v = 0
@@ -122,7 +123,7 @@ def test_sides_are_stored_and_never_change(env: tuple[Settings, ArtifactStore], 
         now = [cases.get_case(session, i).split for i in ids]
         data = training.gather_data(session, s)
     assert now[:2] == first[:2]  # stored sides never change
-    assert now[2:] == ["validation", "train"]  # 50 %: the 3rd corrected case goes to validation, the 4th to train
+    assert now[2:] == ["validation", "train"]  # 50 %: the 3rd corrected case validates, the 4th trains
     assert sorted(c for c, _, _ in data.validation) == sorted([ids[1], ids[2]])
     assert data.unlabeled == []
 
