@@ -133,8 +133,11 @@ def phantoms(
     cases: Annotated[int, typer.Option(help="number of training cases")] = 40,
     seed: Annotated[int, typer.Option(help="base seed (case i depends only on seed and i)")] = 0,
     test: Annotated[int | None, typer.Option("--test", help="test cases (default 20 % of --cases)")] = None,
+    family: Annotated[str, typer.Option(
+        help="mr: atrium-like MR phantoms (the starter's data); ct: contrast-CT-like chambers on oblique "
+             "grids, another 'site' (models/data/phantoms_ct.py)")] = "mr",
 ) -> None:
-    """Write a synthetic left-atrium-like phantom dataset (MSD layout, labelsTs included)."""
+    """Write a synthetic phantom dataset (MSD layout, labelsTs included)."""
     from models.data.phantoms import write_phantom_dataset
 
     if cases < 1:
@@ -142,7 +145,7 @@ def phantoms(
     if seed < 0 or (test is not None and test < 0):
         _fail("--seed and --test must be >= 0")
     with _bad_input(), _progress_bar("phantoms") as bar:
-        info = write_phantom_dataset(out, cases, seed=seed, test_cases=test, progress=bar)
+        info = write_phantom_dataset(out, cases, seed=seed, test_cases=test, progress=bar, family=family)
     typer.echo(f"wrote {info['num_training']} training + {info['num_test']} test phantoms to {out} "
                f"in {info['seconds']:.1f} s")
 

@@ -23,13 +23,25 @@ def machine(device: str = "cpu") -> str:
                    if line.startswith("Model name"))
     except (OSError, StopIteration):
         pass
-    text = f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    text = f"{cpu} ({cpu_flags()}), {os.cpu_count()} cores, Python {platform.python_version()}"
     if device.startswith("cuda"):
         import torch
 
         text += f", GPU {torch.cuda.get_device_name(0)}"
     load = os.getloadavg()[0]
     return f"{text}; load average at start {load:.1f}"
+
+
+def cpu_flags() -> str:
+    """The vector-extension flags that decide CPU speed here (avx2, avx512f, avx512_bf16, amx_*)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "flags unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    keep = [x for x in flags if x in wanted]
+    return " ".join(keep) or "no avx2/avx512"
 
 
 def command_line() -> str:

@@ -233,3 +233,20 @@ def aggregate(
                          "min": float(ok.min()), "max": float(ok.max())}
             out[c][m] = {**stats, "n": int(ok.size), "n_nan": int(vals.size - ok.size)}
     return out
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (same shape, any).
+
+    The Mann–Whitney form with tied scores counted half: ``P(score_pos > score_neg) + ½ P(=)``. NaN when
+    either class is empty.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(positive, dtype=bool).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s)  # average ranks: ties count half
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from backend.schemas.cases import ArtifactPublic, CasePublic, JobPublic, UncertaintySummary
 from backend.schemas.models import CorrectionPublic
 from backend.services.jobs import queue_position
-from backend.tables import Artifact, Case, Correction, Job
+from backend.tables import Artifact, Case, Correction, Job, JobState
 
 API = "/api/v1"
 
@@ -34,7 +34,21 @@ def job_public(session: Session, job: Job) -> JobPublic:
         model_version=job.model_version, attempts=job.attempts, max_attempts=job.max_attempts,
         error=job.error, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, timings=job.timings or {},
+        uncertainty=_job_uncertainty(session, job),
     )
+
+
+def uncertainty_summary(case: Case) -> UncertaintySummary:
+    return UncertaintySummary(score=case.uncertainty_score, mean_entropy=case.mean_entropy,
+                              region_count=case.region_count, out_of_distribution=case.out_of_distribution,
+                              ood_score=case.ood_score, ood_reason=case.ood_reason)
+
+
+def _job_uncertainty(session: Session, job: Job) -> UncertaintySummary | None:
+    if job.state != JobState.succeeded:
+        return None
+    case = session.get(Case, job.case_id)
+    return uncertainty_summary(case) if case is not None and case.latest_job_id == job.id else None
 
 
 def case_public(session: Session, case: Case, job: Job | None = None,
@@ -54,10 +68,7 @@ def case_public(session: Session, case: Case, job: Job | None = None,
         pseudonym=(case.meta or {}).get("pseudonym"),
         sha256=case.sha256, size_bytes=case.size_bytes, num_files=case.num_files,
         model_version=case.model_version, split=case.split,
-        uncertainty=UncertaintySummary(score=case.uncertainty_score, mean_entropy=case.mean_entropy,
-                                       region_count=case.region_count,
-                                       out_of_distribution=case.out_of_distribution, ood_score=case.ood_score,
-                                       ood_reason=case.ood_reason),
+        uncertainty=uncertainty_summary(case),
         latest_job=job_public(session, job) if job is not None else None,
         artifacts=artifacts, urls=case_urls(case.id),
     )

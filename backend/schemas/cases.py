@@ -8,6 +8,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class UncertaintySummary(BaseModel):
+    score: float | None = Field(None, description="worklist sort key: mean normalised entropy in the "
+                                "region of interest (predicted foreground ∪ entropy ≥ 0.05)")
+    mean_entropy: float | None = None
+    region_count: int | None = None
+    out_of_distribution: bool | None = Field(
+        None, description="the volume is unlike the model's training data (models/inference/ood.py): "
+        "its voxel uncertainty and region ranking are not to be trusted")
+    ood_score: float | None = Field(None, description="out-of-distribution score in [0, 1]; flagged at ≥ 0.5")
+    ood_reason: str | None = Field(None, description="what made the score high, in words")
+
+
 class JobPublic(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
         "job_id": "3f2a…", "case_id": "9b1c…", "state": "running", "queue_position": None,
@@ -28,6 +40,9 @@ class JobPublic(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+    uncertainty: UncertaintySummary | None = Field(
+        None, description="the result's uncertainty summary and out-of-distribution flag (succeeded jobs "
+        "whose result is the case's latest)")
 
 
 class CaseCreated(BaseModel):
@@ -41,18 +56,6 @@ class ArtifactPublic(BaseModel):
     media_type: str
     size_bytes: int
     sha256: str
-
-
-class UncertaintySummary(BaseModel):
-    score: float | None = Field(None, description="worklist sort key: mean normalised entropy in the "
-                                "region of interest (predicted foreground ∪ entropy ≥ 0.05)")
-    mean_entropy: float | None = None
-    region_count: int | None = None
-    out_of_distribution: bool | None = Field(
-        None, description="the volume is unlike the model's training data (models/inference/ood.py): "
-        "its voxel uncertainty and region ranking are not to be trusted")
-    ood_score: float | None = Field(None, description="out-of-distribution score in [0, 1]; flagged at ≥ 0.5")
-    ood_reason: str | None = Field(None, description="what made the score high, in words")
 
 
 class CasePublic(BaseModel):

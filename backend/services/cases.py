@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from sqlalchemy import case as sql_case
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -138,7 +139,9 @@ def list_cases(
     session: Session, *, limit: int = 50, offset: int = 0, sort: SortKey = "created",
     state: str | None = None, modality: str | None = None, study_uid: str | None = None,
 ) -> tuple[list[tuple[Case, Job | None]], int]:
-    """The worklist: newest first, or most uncertain first (cases without a result last)."""
+    """The worklist: newest first, or most uncertain first — cases flagged out-of-distribution before all
+    others (their low entropy is not to be trusted), then by the uncertainty score; cases without a
+    result last."""
     query = select(Case, Job).outerjoin(Job, Job.id == Case.latest_job_id)
     if state:
         query = query.where(Job.state == state)
@@ -148,7 +151,8 @@ def list_cases(
         query = query.where(Case.study_uid == study_uid)
     total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
     if sort == "uncertainty":
-        query = query.order_by(Case.uncertainty_score.is_(None), Case.uncertainty_score.desc(),
+        flagged = sql_case((Case.out_of_distribution.is_(True), 0), else_=1)
+        query = query.order_by(Case.uncertainty_score.is_(None), flagged, Case.uncertainty_score.desc(),
                                Case.created_at.desc())
     else:
         query = query.order_by(Case.created_at.desc())

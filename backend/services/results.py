@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Any
 
@@ -27,10 +27,25 @@ class Outputs:
     disagreement: np.ndarray | None
     regions: list[dict[str, Any]]
     affine: np.ndarray
+    #: the case-level verdict of models/inference/ood.py (``ood_score``, ``out_of_distribution``,
+    #: ``ood_reason``); empty when the predictor computed none
+    ood: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def summary(self) -> dict[str, Any]:
-        return uncertainty_summary(self.mask, self.entropy, self.regions)
+        return {**uncertainty_summary(self.mask, self.entropy, self.regions),
+                "out_of_distribution": self.ood.get("out_of_distribution"),
+                "ood_score": self.ood.get("ood_score"), "ood_reason": self.ood.get("ood_reason")}
+
+    @property
+    def reliability(self) -> dict[str, Any]:
+        """What the regions JSON says about trusting its own ranking."""
+        flagged = bool(self.ood.get("out_of_distribution"))
+        note = ("the volume is unlike the model's training data: entropy can be low where the model is "
+                "wrong, so the region ranking is unreliable; review the whole volume" if flagged else None)
+        return {"out_of_distribution": self.ood.get("out_of_distribution"),
+                "ood_score": self.ood.get("ood_score"), "ood_reason": self.ood.get("ood_reason"),
+                "region_ranking_reliable": not flagged, "note": note}
 
 
 def uncertainty_summary(
@@ -66,6 +81,7 @@ def write_volume_outputs(
         "shape": list(out.mask.shape),
         "affine": np.asarray(out.affine, dtype=float).tolist(),
         "summary": out.summary,
+        "reliability": out.reliability,
         "regions": out.regions,
     }
     store.put_bytes(artifact_key(case_id, job_id, "regions_json"), json.dumps(doc, indent=1).encode())

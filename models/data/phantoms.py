@@ -382,6 +382,7 @@ def write_phantom_dataset(
     test_cases: int | None = None,
     shape: tuple[int, int, int] | None = None,
     progress: Callable[[float], None] | None = None,
+    family: str = "mr",
 ) -> dict[str, Any]:
     """Write a phantom dataset in MSD layout (readable by :class:`~models.data.readers.MSDDataset`).
 
@@ -396,6 +397,8 @@ def write_phantom_dataset(
         test_cases: number of test cases; default ``max(1, round(0.2 * cases))``.
         shape: fixed grid ``(X, Y, Z)`` for every case; default random per case (see :func:`make_phantom`).
         progress: called with the completed fraction (0..1) after each case.
+        family: ``"mr"`` (this module's atrium-like MR phantoms) or ``"ct"`` (the contrast-CT-like family
+            of :mod:`models.data.phantoms_ct`: another scanner, protocol and body; signed HU intensities).
 
     Returns:
         ``{"out_dir", "num_training", "num_test", "training" (ids), "test" (ids), "seconds", "dataset"}``
@@ -405,6 +408,9 @@ def write_phantom_dataset(
         raise ValueError(f"cases must be >= 1, got {cases}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown phantom family {family!r}; choose one of {sorted(FAMILIES)}")
+    make, name, description, modality, lowest = FAMILIES[family]()
     n_test = max(1, round(0.2 * cases)) if test_cases is None else int(test_cases)
     if n_test < 0:
         raise ValueError(f"test_cases must be >= 0, got {test_cases}")
@@ -417,9 +423,9 @@ def write_phantom_dataset(
     total = cases + n_test
     for index in range(total):
         case_id = f"phantom_{index:03d}"
-        ph = make_phantom(np.random.default_rng([seed, index]), shape)
+        ph = make(np.random.default_rng([seed, index]), shape)
         split = "Tr" if index < cases else "Ts"
-        image = np.clip(np.rint(ph.image), 0, np.iinfo(np.int16).max).astype(np.int16)
+        image = np.clip(np.rint(ph.image), lowest, np.iinfo(np.int16).max).astype(np.int16)
         _save(image, ph.affine, folders[f"images{split}"] / f"{case_id}.nii.gz")
         _save(ph.label, ph.affine, folders[f"labels{split}"] / f"{case_id}.nii.gz")
         ids.append(case_id)
@@ -427,13 +433,13 @@ def write_phantom_dataset(
             progress((index + 1) / total)
     train_ids, test_ids = ids[:cases], ids[cases:]
     dataset = {
-        "name": "DualsegPhantomLA",
-        "description": "Synthetic left-atrium-like MR phantoms (models.data.phantoms)",
+        "name": name,
+        "description": description,
         "tensorImageSize": "3D",
         "reference": "dualseg",
         "licence": "CC0",
         "release": "1.0",
-        "modality": {"0": "MRI"},
+        "modality": {"0": modality},
         "labels": {str(k): v for k, v in PHANTOM_CLASSES.items()},
         "numTraining": cases,
         "numTest": n_test,
@@ -441,10 +447,27 @@ def write_phantom_dataset(
             {"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in train_ids
         ],
         "test": [f"./imagesTs/{i}.nii.gz" for i in test_ids],
-        "generator": {"seed": seed, "shape": list(shape) if shape else None},
+        "generator": {"seed": seed, "shape": list(shape) if shape else None, "family": family},
     }
     (out / "dataset.json").write_text(json.dumps(dataset, indent=2))
     return {
         "out_dir": str(out), "num_training": cases, "num_test": n_test, "training": train_ids,
         "test": test_ids, "seconds": time.perf_counter() - t0, "dataset": dataset,
     }
+
+
+def _mr_family() -> tuple[Callable[..., Phantom], str, str, str, int]:
+    description = "Synthetic left-atrium-like MR phantoms (models.data.phantoms)"
+    return make_phantom, "DualsegPhantomLA", description, "MRI", 0
+
+
+def _ct_family() -> tuple[Callable[..., Phantom], str, str, str, int]:
+    from models.data.phantoms_ct import make_ct_phantom
+
+    description = "Synthetic contrast-CT-like chamber phantoms on oblique grids (models.data.phantoms_ct)"
+    return make_ct_phantom, "DualsegPhantomCT", description, "CT", -1024
+
+
+#: phantom family name -> () -> (generator, dataset name, description, modality, lowest stored value)
+FAMILIES: dict[str, Callable[[], tuple[Callable[..., Phantom], str, str, str, int]]] = {
+    "mr": _mr_family, "ct": _ct_family}

@@ -27,6 +27,7 @@ import torch
 from models.data.transforms import PreprocessRecord, from_canonical, preprocess, to_canonical_grid
 from models.inference.fuse import fold_batchnorm
 from models.inference.onednn import onednn_available, onednn_graph
+from models.inference.ood import case_features, score_case
 from models.inference.regions import extract_regions
 from models.inference.sliding import ImportanceMapCache, sliding_window_dual
 from models.package import ModelPackage
@@ -96,6 +97,10 @@ class Prediction:
     regions: list[dict[str, Any]]
     timings: dict[str, float]
     affine: np.ndarray = field(repr=False)
+    #: case-level feature vector (models/inference/ood.py) and its out-of-distribution verdict against the
+    #: package's reference (``ood_score``, ``out_of_distribution``, ``ood_reason``; None without a reference)
+    features: dict[str, float] = field(default_factory=dict)
+    ood: dict[str, Any] = field(default_factory=dict)
 
 
 def first_argmax(probs: torch.Tensor) -> torch.Tensor:
@@ -287,10 +292,14 @@ class Predictor:
         report(_P_PRE)
 
         probs = self.model_probabilities(image, lambda f: report(_P_PRE + (_P_INFER - _P_PRE) * f))
-        del image
         self._sync()
         t2 = time.perf_counter()
         timings["inference"] = t2 - t1
+        features = case_features(image, probs)
+        ood = score_case(self.card.training.get("ood_reference"), features)
+        del image
+        timings["ood"] = time.perf_counter() - t2
+        t2 = time.perf_counter()
 
         mask, entropy, disagreement = self._postprocess(probs, record)
         del probs
@@ -320,4 +329,6 @@ class Predictor:
             regions=regions,
             timings=timings,
             affine=record.input_affine.copy(),
+            features=features,
+            ood=ood,
         )

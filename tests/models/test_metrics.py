@@ -184,3 +184,12 @@ def test_agrees_with_medpy(seed: int) -> None:
     assert M.assd(a, b, spacing) == pytest.approx(binary.assd(a, b, voxelspacing=spacing), abs=1e-9)
     res = M.evaluate_case(a.astype(np.uint8), b.astype(np.uint8), spacing, 2)[1]
     assert res["hd95_vox"] == pytest.approx(binary.hd95(a, b), abs=1e-9)
+
+
+def test_auroc_hand_computed() -> None:
+    from models.metrics import auroc
+
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
+    assert auroc(np.array([1.0, 1.0, 0.0]), np.array([1, 0, 0], bool)) == 0.75  # a tie counts half
+    assert auroc(np.array([3.0, 2.0]), np.array([1, 0], bool)) == 1.0
+    assert np.isnan(auroc(np.array([1.0, 2.0]), np.array([1, 1], bool)))

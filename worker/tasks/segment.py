@@ -102,6 +102,7 @@ def run_segment(
             disagreement=pred.disagreement,
             regions=pred.regions,
             affine=volume.affine,
+            ood=pred.ood,
         )
         model_info = {"version": version, "name": card.get("name"), "content_hash": model_hash}
         # NIfTI + JSON in a second thread (gzip and file writes release the GIL) while this one builds
@@ -131,6 +132,9 @@ def run_segment(
                 case.mean_entropy = summary["mean_entropy"]
                 case.uncertainty_score = summary["uncertainty_score"]
                 case.region_count = summary["region_count"]
+                case.out_of_distribution = summary["out_of_distribution"]
+                case.ood_score = summary["ood_score"]
+                case.ood_reason = summary["ood_reason"]
             jobs.finish(s, job_id, JobState.succeeded, timings=timings)
         log.info("job %s succeeded in %.2f s", job_id, timings["total"])
         try:  # results back to the PACS (docs/pacs.md); a PACS problem never fails the job
