@@ -26,8 +26,10 @@ LA_CLASSES = [
 
 def make_tiny_package(out_dir: Path, version: str = "tiny-1", seed: int = 0, width: int = 4,
                       patch: tuple[int, int, int] = (32, 32, 16),
-                      spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> Path:
-    """A real (random-weight) dual-network package, small enough for CPU tests."""
+                      spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
+                      ood_reference: dict[str, Any] | None = None) -> Path:
+    """A real (random-weight) dual-network package, small enough for CPU tests; ``ood_reference`` goes into
+    ``card.training`` (models/inference/ood.py)."""
     import torch
 
     from models.networks import build_network
@@ -42,7 +44,9 @@ def make_tiny_package(out_dir: Path, version: str = "tiny-1", seed: int = 0, wid
                       "net_b": {"name": "vnet", "width": width}},
         classes=LA_CLASSES, preprocessing={"spacing": list(spacing), "orientation": "RAS",
                                            "intensity": {"mode": "zscore"}},
-        patch_size=list(patch), training={"note": "random weights (tests)"}, metrics={}, parent_version=None,
+        patch_size=list(patch), metrics={}, parent_version=None,
+        training={"note": "random weights (tests)",
+                  **({"ood_reference": ood_reference} if ood_reference else {})},
     )
     return save_package(out_dir, net_a, net_b, card)
 

@@ -29,12 +29,14 @@ sets (bench/ood.py, bench/RESULTS.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["FEATURES", "MAX_REFERENCE", "case_features", "fit_reference", "score_case", "update_reference"]
+__all__ = ["FEATURES", "MAX_REFERENCE", "case_features", "features_of_arrays", "fit_reference", "score_case",
+           "update_reference"]
 
 QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
 FEATURES: tuple[str, ...] = ("q01", "q10", "q50", "q90", "q99", "fg_log_share", "fg_confidence",
@@ -87,6 +89,22 @@ def case_features(image: torch.Tensor | np.ndarray, probs: torch.Tensor) -> dict
             disagreement = 0.0
     values = [*qs, math.log10(n_fg / n + 1e-4), conf, roi_entropy, disagreement]
     return dict(zip(FEATURES, (float(v) for v in values), strict=True))
+
+
+def features_of_arrays(probs_fn: Callable[[np.ndarray], torch.Tensor], arrays: Sequence[np.ndarray],
+                       limit: int = 64) -> list[dict[str, float]]:
+    """Feature vectors of preprocessed model-grid images ``(C, X, Y, Z)`` (at most ``limit`` of them, evenly
+    spaced over the sequence); ``probs_fn`` maps one image to its model-grid softmax (e.g.
+    ``Predictor.model_probabilities``)."""
+    if not arrays:
+        return []
+    picks = np.unique(np.linspace(0, len(arrays) - 1, min(limit, len(arrays))).round().astype(int))
+    out = []
+    for i in picks:
+        x = arrays[int(i)]
+        x = x[None] if x.ndim == 3 else x
+        out.append(case_features(x, probs_fn(x)))
+    return out
 
 
 def _matrix(rows: list[dict[str, float]] | np.ndarray, names: tuple[str, ...]) -> np.ndarray:

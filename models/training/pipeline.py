@@ -293,8 +293,10 @@ def train_prepared(
         classes=class_entries(src.class_names), preprocessing=data.spec, patch_size=list(config.patch_size),
         training=training, metrics={}, parent_version=parent_version,
     )
+    pkg = ModelPackage(card=card, net_a=net_a, net_b=net_b, path=out)
+    card.training["ood_reference"] = training_reference(
+        pkg, [x for x, _ in data.labeled] + (data.unlabeled if use_unlabeled else []), dev)
     if src.test:
-        pkg = ModelPackage(card=card, net_a=net_a, net_b=net_b, path=out)
         report = evaluate_items(pkg, src.test, dev, progress=progress)
         (work / "evaluation.json").write_text(json.dumps(json_safe(report), indent=1) + "\n")
         card.metrics = json_safe(card_metrics(report))
@@ -305,6 +307,21 @@ def train_prepared(
     if not keep_checkpoint and not summary["stopped"] and ckpt.exists():
         ckpt.unlink()
     return out
+
+
+def training_reference(pkg: ModelPackage, arrays: list[np.ndarray], device: torch.device,
+                       parent: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The out-of-distribution reference of a package (models/inference/ood.py): the feature vectors of the
+    cases it was trained on (preprocessed arrays), fitted anew, or added to ``parent``'s reference on
+    retraining. None with fewer than two cases and no parent."""
+    from models.inference.ood import features_of_arrays, fit_reference, update_reference
+    from models.inference.predictor import Predictor
+
+    predictor = Predictor(pkg, device, overlap=0.5, batch_size=2, amp=False)
+    rows = features_of_arrays(predictor.model_probabilities, arrays)
+    if parent:
+        return update_reference(parent, rows) if rows else parent
+    return fit_reference(rows) if len(rows) >= 2 else None
 
 
 def train_from_dataset(

@@ -320,3 +320,29 @@ def test_corrections_nifti_and_seg_round_trip(stack: LiveStack, client: httpx.Cl
     viewer = stack.client("viewer")
     assert viewer.put(f"/api/v1/cases/{cid}/correction",
                       files={"file": ("c.nii.gz", path.read_bytes())}).status_code == 403
+
+
+def test_out_of_distribution_case_is_flagged_everywhere(stack: LiveStack, client: httpx.Client, volume: Any,
+                                                       tmp_path: Path) -> None:
+    """A package whose reference lies far from this volume flags it on the job, the case, the regions JSON
+    and the worklist (first, although its entropy is low)."""
+    from models.inference.ood import FEATURES, fit_reference
+
+    far = fit_reference([{f: 50.0 + i for f in FEATURES} for i in range(3)])
+    pkg = make_tiny_package(tmp_path / "pkg-ood", version="tiny-ood-1", ood_reference=far)
+    assert "imported tiny-ood-1" in stack.cli("models", "import", str(pkg)).stdout
+    image, affine = volume
+    done = _segment(stack, client, [("ood.nii.gz", _nifti_bytes(tmp_path, image, affine))],
+                    model_version="tiny-ood-1")
+    job = client.get(f"/api/v1/jobs/{done['job_id']}").json()
+    assert job["uncertainty"]["out_of_distribution"] is True and job["uncertainty"]["ood_score"] > 0.5
+    case = client.get(f"/api/v1/cases/{done['case_id']}").json()
+    assert case["uncertainty"]["out_of_distribution"] is True
+    assert "unlike the model's training data" in case["uncertainty"]["ood_reason"]
+    regions = client.get(f"/api/v1/cases/{done['case_id']}/regions").json()
+    assert regions["reliability"]["region_ranking_reliable"] is False and regions["reliability"]["note"]
+    first = client.get("/api/v1/cases", params={"sort": "uncertainty", "limit": 1}).json()["items"][0]
+    assert first["case_id"] == done["case_id"]
+    plain = client.get("/api/v1/cases", params={"sort": "uncertainty", "limit": 500}).json()["items"]
+    others = [c for c in plain if c["case_id"] != done["case_id"] and c["uncertainty"]["score"] is not None]
+    assert all(c["uncertainty"]["out_of_distribution"] is None for c in others)  # tiny-e2e-1 has no reference

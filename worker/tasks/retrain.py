@@ -151,7 +151,8 @@ def _train_and_gate(settings: Settings, store: ArtifactStore, run_id: str, base:
 
     from models.data.transforms import preprocess, preprocess_label
     from models.inference.predictor import Predictor
-    from models.package import ModelCard, load_package, save_package
+    from models.package import ModelCard, ModelPackage, load_package, save_package
+    from models.training.pipeline import training_reference
     from models.training.trainer import CHECKPOINT_NAME, Trainer
 
     device = torch.device(resolve_device(settings.device))
@@ -199,6 +200,11 @@ def _train_and_gate(settings: Settings, store: ArtifactStore, run_id: str, base:
                                                  "config": summary["config"]},
                                     "metrics": {}})
     pkg_dir = out_dir / "package"
+    # the OOD reference grows by the cases this run learned from (models/inference/ood.py)
+    learned = ModelPackage(card=new_card, net_a=net_a, net_b=net_b, path=pkg_dir)
+    new_card.training["ood_reference"] = training_reference(
+        learned, [x for x, _ in labeled] + unlabeled, device,
+        parent=card.get("training", {}).get("ood_reference"))
     save_package(pkg_dir, net_a.eval(), net_b.eval(), new_card)
     num_classes = int(card["architecture"]["num_classes"])
     cand = evaluate(Predictor(load_package(pkg_dir, device), device), data.validation, store, num_classes)
