@@ -251,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--work", default=str(ROOT / "var" / "bench" / "ssl_seeds"))
+    p.add_argument("--data-root", help="where the phantom sets and their prepared arrays live (default: "
+                   "--work); share it between work folders of different settings")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="write the phantom sets and their arrays (--jobs sets in parallel), then stop")
     p.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 sets of 10 + 2 phantoms, 1 training seed, 20 iterations")
@@ -264,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         args.work = str(Path(args.work).with_name("ssl_seeds_quick"))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    data_root = Path(args.data_root) if args.data_root else work
+    data_root.mkdir(parents=True, exist_ok=True)
     started, t0 = datetime.now(UTC), time.perf_counter()
     n_lab = max(1, round(args.labeled_fraction * args.cases))
     bases = {}
@@ -271,6 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         ns = argparse.Namespace(iterations=args.iterations, seed=ts, patch=args.patch, width=args.width,
                                 set=args.set)
         bases[ts] = base_config(ns, n_lab)
+    if args.prepare_only:
+        import multiprocessing
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            base0 = bases[args.train_seeds[0]]
+            futures = [pool.submit(prepare, data_root, ds, args.cases, args.test_cases, base0)
+                       for ds in args.data_seeds]
+            for fut in futures:
+                print(f"prepared {fut.result()[0]}", flush=True)
+        print(f"prepare: {time.perf_counter() - t0:.1f} s for {len(futures)} set(s)", flush=True)
+        return 0
     results_path = work / "results.json"
     saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
     shared = {k: v for k, v in bases[args.train_seeds[0]].to_dict().items() if k not in _PER_RUN}
@@ -291,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(args.threads,)) as pool:
         for ds in args.data_seeds:
-            data_dir, prep = prepare(work, ds, args.cases, args.test_cases, bases[args.train_seeds[0]])
+            data_dir, prep = prepare(data_root, ds, args.cases, args.test_cases, bases[args.train_seeds[0]])
             for ts in args.train_seeds:
                 key = f"d{ds}_t{ts}"
                 runs.setdefault(key, {})
