@@ -109,7 +109,8 @@ class DualNetLoss:
                     cce = cce + terms[f"cps_{n}"] + terms[f"kl_{n}"]
                     if c.pseudo_dice:  # class-balanced companion of the pseudo-label CE
                         terms[f"cps_dice_{n}"] = soft_dice_loss(
-                            pu[n], pu[OTHER[n]].detach().argmax(dim=1), c.dice_eps, c.dice_background)
+                            pu[n], pu[OTHER[n]].detach().argmax(dim=1), c.dice_eps, c.dice_background,
+                            c.dice_squared)
                         cce = cce + terms[f"cps_dice_{n}"]
             if m.entropy_filter or m.prototype:
                 pseudo = joint_pseudo_label(pu["a"], pu["b"])
@@ -161,7 +162,8 @@ class DualNetLoss:
             xor = confident_foreground_xor(probs["a"][:n_l], probs["b"][:n_l], c.cr_threshold)
         for n in ("a", "b"):
             terms[f"sup_ce_{n}"] = cross_entropy(logits[n][:n_l], label)
-            terms[f"sup_dice_{n}"] = soft_dice_loss(probs[n][:n_l], label, c.dice_eps, c.dice_background)
+            terms[f"sup_dice_{n}"] = soft_dice_loss(probs[n][:n_l], label, c.dice_eps, c.dice_background,
+                                                    c.dice_squared)
             sup = sup + terms[f"sup_ce_{n}"] + terms[f"sup_dice_{n}"]
             if not self.modules.supervised_cr:
                 continue

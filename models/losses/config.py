@@ -34,7 +34,9 @@ class LossConfig:
       nets' confident-foreground masks, ÷ the mask count) or ``other_net`` (before issue 16: toward the
       other net's probabilities where only it is confident, ÷ all voxels).
     - ``dice_background``: also average the background's Dice in the supervised (and ``pseudo_dice``)
-      Dice; off = foreground-only, the method's Dice.
+      Dice; off = foreground-only, the method's Dice. ``dice_squared``: ``Σ p²`` instead of ``Σ p`` in its
+      denominator (the UA-MT / MCF ``dice_loss`` the authors' code imports squares it; off by default, as
+      before issue 16).
     - ``w_u``: weight of the CCE terms (CPS + KL, entropy filter, cosine; authors: 1.0), times
       ``sigmoid_rampup(t, w_u_rampup)`` (0 = no ramp, the authors' code).
     - ``lambda_c``: weight of the prototype contrast (authors: 0.1), times ``sigmoid_rampup(t,
@@ -55,6 +57,7 @@ class LossConfig:
     cr_threshold: float = 0.6
     cr_target: str = "label"
     dice_background: bool = False
+    dice_squared: bool = False
     w_u: float = 1.0
     w_u_rampup: int = 0
     lambda_c: float = 0.1

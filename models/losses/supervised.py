@@ -52,7 +52,8 @@ def class_balanced_mean(
 
 
 def soft_dice_loss(
-    prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-5, include_background: bool = False
+    prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-5, include_background: bool = False,
+    squared: bool = False,
 ) -> torch.Tensor:
     """Multi-class soft Dice loss, foreground classes only by default (the method's supervised Dice).
 
@@ -61,18 +62,21 @@ def soft_dice_loss(
     ``include_background``, the behaviour before issue 16: ``loss.dice_background``). A class absent from
     both prediction and target scores dice 1 (thanks to ``eps``). Computed by MONAI's ``DiceLoss``
     (``to_onehot_y``, no softmax inside: ``prob`` already is one, ``batch=True``, ``smooth_nr = smooth_dr
-    = eps``), which gives these numbers exactly (tests/models/test_losses_terms.py).
+    = eps``), which gives these numbers exactly (tests/models/test_losses_terms.py). With ``squared`` the
+    denominator is ``Σ p_c² + Σ g_c + eps`` (MONAI's ``squared_pred``; the ``dice_loss`` of the UA-MT / MCF
+    code the authors build on squares the prediction).
 
     Args:
         prob: softmax probabilities ``(B, K, *S)``.
         target: labels ``(B, *S)`` int in ``0..K-1``.
         eps: smoothing of numerator and denominator.
         include_background: also average the background class's Dice.
+        squared: square the probabilities in the denominator (``loss.dice_squared``).
     """
     from monai.losses import DiceLoss
 
     loss = DiceLoss(include_background=include_background, to_onehot_y=True, softmax=False, batch=True,
-                    smooth_nr=eps, smooth_dr=eps)
+                    squared_pred=squared, smooth_nr=eps, smooth_dr=eps)
     return loss(prob.float(), target.long().unsqueeze(1))
 
 

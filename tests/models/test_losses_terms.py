@@ -119,6 +119,9 @@ def test_dice_is_foreground_only_hand_values() -> None:
     d0 = (2 * 0.5 + e) / (1.1 + 1 + e)  # background: I = 0.5, P = 1.1, G = 1
     assert float(soft_dice_loss(p, y, e, include_background=True)) == pytest.approx(
         1 - (d0 + d1 + d2) / 3, rel=1e-6)
+    # squared: class 1 Σ p² = 0.49 + 0.04 + 0.09 + 0.4225; class 2 Σ p² = 0.04 + 0.36 + 0.04 + 0.0025
+    s1, s2 = (2 * 1.35 + e) / (1.0425 + 2 + e), (2 * 0.6 + e) / (0.4425 + 1 + e)
+    assert float(soft_dice_loss(p, y, e, squared=True)) == pytest.approx(1 - (s1 + s2) / 2, rel=1e-6)
 
 
 def test_dice_gradient_matches_the_hand_derivative() -> None:
