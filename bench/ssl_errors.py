@@ -9,7 +9,7 @@ segments nothing there or another structure). Nothing is trained; a package is p
 
 Run (from the repository root)::
 
-    .venv/bin/python bench/ssl_errors.py --runs d6_t1337 d7_t1337 --variants supervised full
+    .venv/bin/python bench/ssl_errors.py --runs d6_t1337 d7_t1337 --variants control full supervised
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default=str(ROOT / "var" / "bench" / "ssl_seeds"))
     p.add_argument("--runs", nargs="+", help="run keys such as d6_t1337 (default: every run in results.json)")
-    p.add_argument("--variants", nargs="+", default=["supervised", "full"])
+    p.add_argument("--variants", nargs="+", default=["control", "full", "supervised"])
     p.add_argument("--per-case", action="store_true", help="also print each test phantom's shares")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)

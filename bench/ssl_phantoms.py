@@ -1,4 +1,4 @@
-"""Semi-supervised benchmark on the synthetic phantoms: does the dual-network method beat supervised-only?
+"""Semi-supervised benchmark on the synthetic phantoms: does the dual-network method beat its control?
 
 Setup: ``--cases`` training phantoms of which the first ``--labeled-fraction`` (default 10 %) keep their
 labels; the rest are unlabeled; the test split is the phantom set's ``imagesTs``/``labelsTs`` (never used
@@ -6,8 +6,11 @@ for any choice). Every variant trains with the same config (``configs/phantoms_s
 budget), iterations and seed:
 
 ==================  =====================================================================================
-``supervised``      labeled part only, CE + Dice (every module off, no unlabeled data)
+``control``         the primary comparator: the full method's config and batches (labeled + the same
+                    unlabeled crops through both nets, so BatchNorm sees the same batches) with every
+                    unlabeled weight 0 (``loss.w_u = loss.lambda_c = 0``)
 ``full``            the method: every module on, labeled + unlabeled
+``supervised``      reference: labeled part only, CE + Dice (every module off, no unlabeled data)
 ``no_<module>``     the method with one module off (supervised_cr, cps_kl, entropy_filter, cosine,
                     prototype)
 ``fully_supervised`` every training label, CE + Dice only (upper bound)
@@ -16,8 +19,9 @@ budget), iterations and seed:
 Reported on the test split, on each case's original grid (the real predictor): Dice, Jaccard, HD95 and ASD
 (mm, foreground class), and uncertainty quality: the AUROC of the normalised entropy as a score for
 *wrong* voxels (prediction != truth; all voxels of all test volumes pooled; ties get average ranks), and
-the share of wrong voxels inside the flagged uncertain regions (the predictor's region list: components
-of entropy >= 0.5, >= 10 voxels, top 20) and inside those regions' bounding boxes.
+per case in the boundary band (voxels within 3 of the predicted or the true boundary; mean over cases),
+and the share of wrong voxels inside the flagged uncertain regions (the predictor's region list:
+components of entropy >= 0.5, >= 10 voxels, top 20) and inside those regions' bounding boxes.
 
 Run (from the repository root)::
 
@@ -42,107 +46,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.ssl_metrics import UncertaintyStats, auroc, boundary_band, flagged_masks  # noqa: E402,F401
+
 MODULES = ("supervised_cr", "cps_kl", "entropy_filter", "cosine", "prototype")
-VARIANTS = ("supervised", "full", *(f"no_{m}" for m in MODULES), "fully_supervised")
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (Mann-Whitney U with average
-    ranks for ties), computed with numpy only. NaN when one class is empty."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(positive, dtype=bool).ravel()
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-    ends = np.r_[starts[1:], s.size]  # tie group [start, end) gets the average of ranks start+1 .. end
-    group_rank = (starts + 1 + ends) / 2.0
-    ranks = np.empty(s.size, dtype=np.float64)
-    ranks[order] = np.repeat(group_rank, ends - starts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def flagged_masks(entropy: np.ndarray, regions: list[dict[str, Any]], threshold: float = 0.5
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``(voxels of the listed regions, union of their bounding boxes)`` as boolean volumes."""
-    from scipy import ndimage
-
-    labels, _ = ndimage.label(entropy >= threshold, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel())
-    objects = ndimage.find_objects(labels)
-    key_to_id = {}
-    for i, box in enumerate(objects, start=1):
-        if box is not None:
-            key = (tuple(s.start for s in box), tuple(s.stop - 1 for s in box), int(sizes[i]))
-            key_to_id[key] = i
-    inside = np.zeros(entropy.shape, dtype=bool)
-    boxes = np.zeros(entropy.shape, dtype=bool)
-    for r in regions:
-        lo, hi = tuple(r["bbox_voxel"]["min"]), tuple(r["bbox_voxel"]["max"])
-        sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
-        boxes[sl] = True
-        lab = key_to_id.get((lo, hi, int(r["voxel_count"])))
-        if lab is not None:
-            inside[sl] |= labels[sl] == lab
-    return inside, boxes
-
-
-class UncertaintyStats:
-    """Collects entropy / wrong-voxel statistics over the test cases (``on_prediction`` callback)."""
-
-    def __init__(self) -> None:
-        self.scores: list[np.ndarray] = []
-        self.wrong: list[np.ndarray] = []
-        self.n_wrong = self.in_regions = self.in_boxes = 0
-        self.flagged_voxels = self.total_voxels = 0
-        self.errors: dict[str, dict[str, float]] = {}  # per case: missed / extra foreground ÷ true foreground
-
-    def __call__(self, item: Any, pred: Any, label: np.ndarray) -> None:
-        wrong = pred.mask != label
-        truth, found = label > 0, pred.mask > 0
-        n_true = max(int(truth.sum()), 1)
-        self.errors[item.id] = {"fn_share": round(int((truth & ~found).sum()) / n_true, 4),
-                                "fp_share": round(int((found & ~truth).sum()) / n_true, 4)}
-        self.scores.append(pred.entropy.astype(np.float32).ravel())
-        self.wrong.append(wrong.ravel())
-        inside, boxes = flagged_masks(pred.entropy, pred.regions)
-        self.n_wrong += int(wrong.sum())
-        self.in_regions += int((wrong & inside).sum())
-        self.in_boxes += int((wrong & boxes).sum())
-        self.flagged_voxels += int(inside.sum())
-        self.total_voxels += wrong.size
-
-    def result(self) -> dict[str, float]:
-        n = max(self.n_wrong, 1)
-        return {"entropy_auroc": auroc(np.concatenate(self.scores), np.concatenate(self.wrong)),
-                "wrong_in_regions": self.in_regions / n, "wrong_in_region_boxes": self.in_boxes / n,
-                "wrong_fraction": self.n_wrong / max(self.total_voxels, 1),
-                "flagged_fraction": self.flagged_voxels / max(self.total_voxels, 1),
-                "errors_per_case": self.errors,
-                "fn_share": float(np.mean([e["fn_share"] for e in self.errors.values()] or [np.nan])),
-                "fp_share": float(np.mean([e["fp_share"] for e in self.errors.values()] or [np.nan]))}
+VARIANTS = ("supervised", "control", "full", *(f"no_{m}" for m in MODULES), "fully_supervised")
+#: Loss weights that a control run sets to 0 (every unlabeled term; the labeled terms stay as in "full").
+CONTROL_ZERO = {"loss.w_u": 0.0, "loss.lambda_c": 0.0}
 
 
 def base_config(args: argparse.Namespace, num_labeled: int) -> Any:
-    """The shared config: ``configs/phantoms_ssl.yaml`` (w_u 0.1, ``pseudo_dice`` and ``balanced_pseudo``;
-    its comments and bench/RESULTS.md say where each value comes from) at this run's budget, seed, patch
-    and widths, with both ramps over the whole run. Each variant then sets the modules."""
+    """The shared config: ``configs/phantoms_ssl.yaml`` (its comments and bench/RESULTS.md say where each
+    value comes from) at this run's budget, seed, patch and widths. The preset's labeled-only warm-up is a
+    share of the run and its contrastive ramp spans the whole run (``lambda_c_rampup: null``), so both
+    follow ``--iterations``. Each variant then sets the modules (and the control its weights)."""
     from models.training.config import load_config
 
-    it = args.iterations
     return load_config("phantoms_ssl").with_overrides({
-        "name": "bench-ssl", "iterations": it, "num_labeled": num_labeled, "seed": args.seed,
+        "name": "bench-ssl", "iterations": args.iterations, "num_labeled": num_labeled, "seed": args.seed,
         "patch_size": args.patch, "checkpoint_every": 0, "log_every": 10,
         "networks.net_a.width": args.width, "networks.net_b.width": args.width,
-        "loss.w_u_rampup": it, "loss.lambda_c_rampup": it,
         **dict(_parse_set(kv) for kv in args.set),
     })
 
@@ -158,22 +83,33 @@ def _parse_set(text: str) -> tuple[str, Any]:
 
 
 def variant_config(base: Any, name: str) -> tuple[Any, bool, bool]:
-    """``(config, use_unlabeled, all_labels)`` of a variant."""
+    """``(config, use_unlabeled, all_labels)`` of a variant.
+
+    ``control`` is the primary comparator: the full method's config and batches (the unlabeled crops go
+    through both nets, so BatchNorm sees the same batches) with every unlabeled weight 0
+    (:data:`CONTROL_ZERO`). ``supervised`` and ``fully_supervised`` (references) train on the labeled
+    crops only with every module off."""
     on = dict.fromkeys(MODULES, True)
     if name in ("supervised", "fully_supervised"):
         return base.with_overrides({"modules": dict.fromkeys(MODULES, False)}), False, name != "supervised"
+    if name == "control":
+        return base.with_overrides({"modules": on, **CONTROL_ZERO}), True, False
     if name.startswith("no_"):
         on[name[3:]] = False
     return base.with_overrides({"modules": on}), True, False
 
 
 def machine() -> str:
+    """The CPU (``lscpu`` model name, CPU count, and which of the AVX2 / AVX-512 / AMX flags it has)."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
         model = info.get("Model name", "?").strip()
         cpus = info.get("CPU(s)", "?").strip()
-        return f"{model}, {cpus} CPU(s) (lscpu); {platform.system()} {platform.machine()}"
+        flags = info.get("Flags", "").split()
+        wanted = [f for f in flags if f == "avx2" or f.startswith(("avx512", "amx"))]
+        shown = " ".join(wanted) if wanted else "none of avx2/avx512/amx"
+        return f"{model}, {cpus} CPU(s), flags {shown} (lscpu); {platform.system()} {platform.machine()}"
     except (OSError, subprocess.CalledProcessError):
         return platform.processor() or platform.machine()
 
@@ -287,12 +223,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     head = ("| variant | labeled / unlabeled | Dice | Jaccard | HD95 (mm) | ASD (mm) | entropy AUROC (wrong) "
-            "| wrong in regions | wrong in region boxes | train min (CPU min) |")
-    rows = [head, "|" + " --- |" * 10]
+            "| boundary-band AUROC (per case) | wrong in regions | wrong in region boxes "
+            "| train min (CPU min) |")
+    rows = [head, "|" + " --- |" * 11]
     for name, v in results["variants"].items():
         rows.append(
             f"| {name} | {v['labeled']} / {v['unlabeled']} | {v['dice']:.3f} ± {v['dice_std']:.3f} | "
             f"{v['jaccard']:.3f} | {v['hd95_mm']:.2f} | {v['asd_mm']:.2f} | {v['entropy_auroc']:.3f} | "
+            f"{v.get('band_auroc', float('nan')):.3f} | "
             f"{100 * v['wrong_in_regions']:.1f} % | {100 * v['wrong_in_region_boxes']:.1f} % | "
             f"{v['train_seconds'] / 60:.1f} ({v['train_cpu_seconds'] / 60:.1f}) |")
     return "\n".join(rows)
@@ -329,12 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     if args.no_append:
         return 0
-    full, sup = results["variants"].get("full"), results["variants"].get("supervised")
+    full, ctrl = results["variants"].get("full"), results["variants"].get("control")
     verdict = ""
-    if full and sup:
-        delta = full["dice"] - sup["dice"]
-        verdict = (f"\nFull method vs supervised-only on the labeled part: Dice {delta:+.3f} "
-                   f"({'better' if delta > 0 else 'not better'} at this budget).\n")
+    if full and ctrl:
+        delta = full["dice"] - ctrl["dice"]
+        verdict = (f"\nFull method vs the control (same batches, unlabeled weights 0): Dice {delta:+.3f} "
+                   f"({'better' if delta > 0 else 'not better'} at this budget, one run).\n")
     cfg = results["config"]
     python = sys.executable.replace(str(ROOT) + "/", "")
     command = " ".join(shlex.quote(a) for a in [python, "bench/ssl_phantoms.py", *sys.argv[1:]])
@@ -360,9 +298,14 @@ def describe_training(cfg: dict[str, Any]) -> str:
     return (f"{cfg['iterations']} iterations, seed {cfg['seed']}, batch {cfg['batch_labeled']} + "
             f"{cfg['batch_unlabeled']}, patch {cfg['patch_size']} at {cfg['preprocessing']['spacing']} mm, "
             f"widths {cfg['networks']['net_a']['width']}/{cfg['networks']['net_b']['width']}, lr "
-            f"{cfg['optimizer']['lr']} poly; w_u {loss['w_u']} (ramp {loss['w_u_rampup']}), "
-            f"lambda_c {loss['lambda_c']} (ramp {loss['lambda_c_rampup']}), q {loss['q_start']}; "
-            f"pseudo-label Dice {'on' if loss['pseudo_dice'] else 'off'}, class-balanced pseudo-labels "
+            f"{cfg['optimizer']['lr']} poly; labeled-only warm-up {loss.get('unlabeled_warmup', 0.0):g} of "
+            f"the run, w_u {loss['w_u']} (ramp {loss['w_u_rampup']}), lambda_c {loss['lambda_c']} (ramp "
+            f"{'whole run' if loss['lambda_c_rampup'] is None else loss['lambda_c_rampup']}), q "
+            f"{loss['q_start']} {'per pseudo-class' if loss.get('classwise_q') else 'global'}; L_cr vs "
+            f"{loss.get('cr_target', 'other_net')}, Dice "
+            f"{'with' if loss.get('dice_background') else 'without'} background, teacher "
+            f"{loss.get('teacher', 'symmetric')}; pseudo-label Dice "
+            f"{'on' if loss['pseudo_dice'] else 'off'}, class-balanced pseudo-labels "
             f"{'on' if loss.get('balanced_pseudo') else 'off'}")
 
 

@@ -17,7 +17,9 @@ from models.losses.supervised import (
     class_means,
     confident_disagreement_loss,
     confident_disagreement_mask,
+    confident_foreground_xor,
     cross_entropy,
+    label_cr_loss,
     soft_dice_loss,
 )
 
@@ -31,6 +33,7 @@ __all__ = [
     "class_prototypes",
     "confident_disagreement_loss",
     "confident_disagreement_mask",
+    "confident_foreground_xor",
     "cosine_consistency",
     "cps_kl_loss",
     "cross_entropy",
@@ -38,6 +41,7 @@ __all__ = [
     "entropy_filtered_loss",
     "joint_pseudo_label",
     "kl_per_voxel",
+    "label_cr_loss",
     "linear_schedule",
     "percentile",
     "prototype_contrastive_loss",

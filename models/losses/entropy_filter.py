@@ -76,7 +76,10 @@ def reliable_mask(
     With ``pseudo_label`` the percentile is taken **per pseudo-class** (class-wise adaptive masking):
     each class keeps the q % most certain of *its own* voxels. A small foreground class (a few % of
     the voxels, all of them less certain than the bulk of the background) then still has reliable
-    voxels, so the entropy-filtered loss and the prototype term see every class, not background only.
+    voxels, so the entropy-filtered loss and the prototype term see every class, not background only:
+    a class's percentile is at least its lowest entropy, so every pseudo-class present keeps at least
+    one reliable voxel. This is the method's filter (DESIGN §4) and the default (``loss.classwise_q``);
+    without ``pseudo_label`` one percentile over all voxels is taken (the behaviour before issue 16).
 
     Args:
         prob: softmax ``(B, K, *S)`` of one net.

@@ -16,6 +16,12 @@ def class_prototypes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class mean of the L2-normalised features of reliable voxels (detached).
 
+    A pseudo-class that is present but has **no reliable voxel** (possible with one global entropy
+    percentile, ``loss.classwise_q: false``) takes the mean over **all** its voxels instead, so every
+    predicted class has a prototype and the contrastive term stays active (before issue 16 such a class
+    was skipped, which made the term an exact 0 without gradient whenever only the background had
+    reliable voxels).
+
     Args:
         features: ``(B, C, *S)``.
         pseudo_label: ``(B, *S)`` int in ``0..K-1``.
@@ -23,13 +29,18 @@ def class_prototypes(
         num_classes: K.
 
     Returns:
-        ``(prototypes (K, C) float32, present (K,) bool)``; rows of absent classes are 0.
+        ``(prototypes (K, C) float32, present (K,) bool)``; ``present`` = the class occurs in
+        ``pseudo_label``; rows of absent classes are 0.
     """
     with torch.no_grad():
         c = features.shape[1]
         f = F.normalize(features.detach().float(), dim=1).movedim(1, -1).reshape(-1, c)
+        labels = pseudo_label.reshape(-1)
         sel = reliable.reshape(-1)
-        return class_means(f[sel], pseudo_label.reshape(-1)[sel], num_classes)
+        protos, has_reliable = class_means(f[sel], labels[sel], num_classes)
+        every, present = class_means(f, labels, num_classes)
+        fallback = present & ~has_reliable
+        return torch.where(fallback[:, None], every, protos), present
 
 
 def prototype_contrastive_loss(
@@ -44,7 +55,8 @@ def prototype_contrastive_loss(
     """InfoNCE pulling uncertain voxels to their pseudo-class prototype, away from the others.
 
     1. Prototypes ``P_k`` = mean L2-normalised feature of the reliable voxels of pseudo-class k
-       (:func:`class_prototypes`, detached); classes with no reliable voxel are skipped.
+       (:func:`class_prototypes`, detached); a predicted class with no reliable voxel uses all its
+       voxels, so every predicted class has a prototype.
     2. Anchors: uncertain voxels (``~reliable``) whose pseudo-class has a prototype; if there are more
        than ``max_samples`` a random subset of that size is drawn (``torch.randperm`` with
        ``generator``, a CPU generator, for determinism).
@@ -53,7 +65,9 @@ def prototype_contrastive_loss(
        re-normalised prototype; the loss is the mean over anchors.
 
     The anchor features carry gradient (into the network producing ``features``); the prototypes do
-    not. Returns a grad-connected 0 when there is no prototype or no anchor.
+    not. Whenever at least two classes are predicted and one voxel is not reliable the loss is > 0 and
+    carries gradient (the softmax over >= 2 prototypes is < 1). With a single predicted class it is
+    ``-log 1 = 0`` (nothing to contrast against); with no anchor a grad-connected 0.
 
     Args:
         features: ``(B, C, *S)`` decoder features of one net.

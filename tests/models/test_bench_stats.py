@@ -9,8 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from bench.ssl_phantoms import auroc, base_config, variant_config
-from bench.ssl_seeds import _normalised, summarize, table
+from bench.ssl_metrics import boundary_band
+from bench.ssl_phantoms import VARIANTS, auroc, base_config, variant_config
+from bench.ssl_seeds import _normalised, gap_closed, summarize, table
 from models.training.config import load_config
 
 
@@ -25,11 +26,24 @@ def test_benchmark_full_method_is_the_phantoms_ssl_preset() -> None:
     assert all(vars(preset.modules).values())
     sup, unlabeled, _ = variant_config(base_config(args, 4), "supervised")
     assert not unlabeled and not any(vars(sup.modules).values())
-    # a shorter run stretches both ramps to its length; --set reaches the config
+    # the warm-up is a share of the run and the contrastive ramp spans it; --set reaches the config
     short = base_config(argparse.Namespace(iterations=50, seed=1, patch=[32, 32, 32], width=2,
                                            set=["loss.balanced_pseudo=false"]), 2)
-    assert (short.loss.w_u_rampup, short.loss.lambda_c_rampup, short.loss.balanced_pseudo) == (50, 50, False)
+    assert (short.loss.lambda_c_rampup, short.loss.balanced_pseudo) == (None, False)
+    assert short.loss.warmup_iterations(short.iterations) == 5 and short.loss.w_u == 1.0
     assert short.networks.net_b.width == 2 and short.num_labeled == 2
+
+
+def test_control_is_the_full_config_with_every_unlabeled_weight_zero() -> None:
+    args = argparse.Namespace(iterations=600, seed=1337, patch=[48, 48, 32], width=4, set=[])
+    base = base_config(args, 4)
+    full, _, _ = variant_config(base, "full")
+    control, unlabeled, all_labels = variant_config(base, "control")
+    assert unlabeled and not all_labels  # the unlabeled crops are forwarded
+    assert (control.loss.w_u, control.loss.lambda_c) == (0.0, 0.0)
+    assert control.modules == full.modules and all(vars(control.modules).values())
+    assert control.with_overrides({"loss.w_u": full.loss.w_u, "loss.lambda_c": full.loss.lambda_c}) == full
+    assert VARIANTS[:3] == ("supervised", "control", "full")
 
 
 def test_saved_settings_ignore_seed_and_modules() -> None:
@@ -59,7 +73,7 @@ def test_summarize_paired_differences_and_t_interval() -> None:
         "d3_t1": {"full": _res(0.6, {"c": 0.7, "d": 0.5}), "supervised": _res(0.3, {"c": 0.3, "d": 0.5})},
         "d4_t1": {"supervised": _res(0.9, {"e": 0.9})},  # unfinished run: not paired, not counted
     }
-    s = summarize(runs)
+    s = summarize(runs, "full", "supervised")
     assert s["runs"] == 2 and s["cases"] == 4
     assert s["mean_delta"] == pytest.approx(0.2)
     # deltas 0.1, 0.3: sd 0.1414, se 0.1, t(0.975, 1 df) = 12.7062
@@ -72,7 +86,7 @@ def test_summarize_paired_differences_and_t_interval() -> None:
 def test_summarize_clearly_above_when_interval_excludes_zero() -> None:
     runs = {f"d{i}_t1": {"full": _res(0.5 + d, {"x": 0.5 + d}), "supervised": _res(0.5, {"x": 0.5})}
             for i, d in enumerate([0.10, 0.12, 0.08])}
-    s = summarize(runs)
+    s = summarize(runs, "full", "supervised")
     assert s["mean_delta"] == pytest.approx(0.10)
     assert s["ci95"][0] > 0 and s["clearly_above"]
     assert summarize({"d1_t1": {"full": _res(0.5, {})}}) == {"runs": 0, "cases": 0}
@@ -118,3 +132,37 @@ def test_uncertainty_stats_error_shares() -> None:
     assert out["errors_per_case"] == {"c1": {"fn_share": 0.5, "fp_share": 0.25}}
     assert (out["fn_share"], out["fp_share"]) == (0.5, 0.25)
     assert out["wrong_fraction"] == pytest.approx(6 / 216)
+
+
+def test_summarize_by_set_averages_training_seeds_first() -> None:
+    runs = {
+        "d30_t1": {"full": _res(0.7, {"a": 0.7}), "control": _res(0.6, {"a": 0.6})},  # +0.1
+        "d30_t7": {"full": _res(0.5, {"a": 0.5}), "control": _res(0.6, {"a": 0.6})},  # -0.1
+        "d31_t1": {"full": _res(0.8, {"b": 0.8}), "control": _res(0.6, {"b": 0.6})},  # +0.2
+        "d31_t7": {"full": _res(0.6, {"b": 0.6}), "control": _res(0.6, {"b": 0.6})},  # 0.0
+    }
+    per_run = summarize(runs)  # the default comparator is the control
+    assert per_run["runs"] == 4 and per_run["mean_delta"] == pytest.approx(0.05)
+    s = summarize(runs, by_set=True)
+    # set means 0.0 and +0.1: mean 0.05, sd 0.0707, se 0.05, t(0.975, 1 df) = 12.7062
+    assert s["runs"] == 2 and s["mean_delta"] == pytest.approx(0.05)
+    assert s["ci95"] == pytest.approx([0.05 - 0.63531, 0.05 + 0.63531], abs=1e-4)
+    assert s["runs_better"] == 1 and s["cases"] == 4 and not s["clearly_above"]
+
+
+def test_gap_closed_share() -> None:
+    runs = {"d30_t1": {"supervised": _res(0.6, {}), "full": _res(0.72, {}),
+                       "fully_supervised": _res(0.8, {})}}
+    assert gap_closed(runs) == pytest.approx(0.6)
+    assert gap_closed({"d30_t1": {"full": _res(0.7, {})}}) is None
+
+
+def test_boundary_band_is_three_voxels_around_both_boundaries() -> None:
+    truth = np.zeros((1, 1, 21), np.uint8)
+    truth[0, 0, 5:8] = 1  # boundary voxels 5 and 7 (6 is inside)
+    pred = np.zeros_like(truth)
+    pred[0, 0, 15] = 1  # a one-voxel prediction: its own boundary
+    band = boundary_band(pred, truth, 3)
+    # volume edges along the size-1 axes make every foreground voxel a boundary voxel here
+    assert np.flatnonzero(band[0, 0]).tolist() == [*range(2, 11), *range(12, 19)]
+    assert not boundary_band(np.zeros_like(truth), np.zeros_like(truth)).any()
