@@ -74,6 +74,41 @@ class SamplerConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time crop augmentation (models/data/augment.py, MONAI transforms); off unless ``enabled``.
+
+    Each ``*_prob`` is the probability that one crop gets that perturbation: ``affine`` rotates by up to
+    ``rotate_deg`` about each axis and scales by a factor in ``scale_range``; ``elastic`` is a 3D elastic
+    deformation; ``histogram_shift`` remaps intensities through a random smooth monotonic curve; ``gamma``
+    applies a gamma in ``gamma_range`` on the crop's own range; ``contrast`` multiplies by 1 ± up to
+    ``contrast_factor`` and adds up to ± ``shift_offset``; ``bias_field`` is a smooth multiplicative field of
+    polynomial coefficients up to ``bias_coeff``; ``blur`` a Gaussian of σ in ``blur_sigma`` voxels;
+    ``lowres`` a down- then up-sampling by 0.5-1; ``noise`` Gaussian noise of std up to ``noise_std``;
+    ``invert`` mirrors the intensities within the crop's range.
+    """
+
+    enabled: bool = False
+    affine_prob: float = 0.2
+    rotate_deg: float = 30.0
+    scale_range: tuple[float, float] = (0.7, 1.4)
+    elastic_prob: float = 0.0
+    histogram_shift_prob: float = 0.3
+    gamma_prob: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    contrast_prob: float = 0.15
+    contrast_factor: float = 0.25
+    shift_offset: float = 0.3
+    bias_field_prob: float = 0.2
+    bias_coeff: float = 0.3
+    blur_prob: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    lowres_prob: float = 0.1
+    noise_prob: float = 0.15
+    noise_std: float = 0.1
+    invert_prob: float = 0.0
+
+
+@dataclass(frozen=True)
 class IntensityConfig:
     """Intensity normalisation (applied by the data pipeline, recorded in the model card).
 
@@ -139,6 +174,7 @@ class TrainConfig:
     loss: LossConfig = LossConfig()
     modules: ModuleSwitches = ModuleSwitches()
     sampler: SamplerConfig = SamplerConfig()
+    augment: AugmentConfig = AugmentConfig()
     preprocessing: PreprocessingConfig = PreprocessingConfig()
 
     def __post_init__(self) -> None:
@@ -161,6 +197,12 @@ class TrainConfig:
             errors.append(f"lr_schedule.kind must be one of {LR_SCHEDULES}, got {self.lr_schedule.kind!r}")
         if not 0.0 <= self.sampler.foreground_prob <= 1.0:
             errors.append("sampler.foreground_prob must be in [0, 1]")
+        aug = self.augment
+        probs = [getattr(aug, f.name) for f in dataclasses.fields(aug) if f.name.endswith("_prob")]
+        if any(not 0.0 <= p <= 1.0 for p in probs):
+            errors.append("augment.*_prob must be in [0, 1]")
+        if not 0 < aug.scale_range[0] <= aug.scale_range[1] or not 0 < aug.gamma_range[0] <= aug.gamma_range[1]:
+            errors.append("augment.scale_range and augment.gamma_range must be 0 < low <= high")
         if errors:
             raise ValueError("invalid training config: " + "; ".join(errors))
 

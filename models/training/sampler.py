@@ -8,10 +8,13 @@ CPU ``torch.Generator`` so a run is reproducible and resumable (:meth:`state_dic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+
+#: ``(image (C, *patch), label (*patch) | None, seed) -> (image, label)``: models/data/augment.py
+CropAugment = Callable[[np.ndarray, np.ndarray | None, int], tuple[np.ndarray, np.ndarray | None]]
 
 
 def _as_channels_first(image: np.ndarray) -> np.ndarray:
@@ -46,7 +49,8 @@ class TwoStreamSampler:
     first. Cases are drawn uniformly with replacement. With probability ``foreground_prob`` a labeled
     crop is centred (clamped to the volume) on a random foreground voxel (label > 0), otherwise its
     position is uniform. With ``flip`` each crop is mirrored along each spatial axis with probability 0.5
-    (image and label together).
+    (image and label together). ``augment`` (models/data/augment.py) then perturbs each crop with a seed
+    drawn from the sampler's generator.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class TwoStreamSampler:
         seed: int = 0,
         foreground_prob: float = 0.0,
         flip: bool = False,
+        augment: CropAugment | None = None,
     ) -> None:
         if batch_labeled > 0 and not labeled:
             raise ValueError("batch_labeled > 0 but no labeled volume was given")
@@ -69,6 +74,7 @@ class TwoStreamSampler:
         self.batch_unlabeled = batch_unlabeled
         self.foreground_prob = foreground_prob
         self.flip = flip
+        self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
         self.labeled: list[tuple[np.ndarray, np.ndarray]] = []
         self.foreground: list[np.ndarray] = []
@@ -118,6 +124,8 @@ class TwoStreamSampler:
                     img = np.flip(img, axis=axis + 1)
                     if lab is not None:
                         lab = np.flip(lab, axis=axis)
+        if self.augment is not None:
+            img, lab = self.augment(img, lab, self._randint(2**31 - 1))
         return img, lab
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:

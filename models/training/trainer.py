@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from models.data.augment import build_augment
 from models.losses.combined import DualNetLoss
 from models.networks.registry import count_parameters
 from models.training.config import TrainConfig
@@ -129,7 +130,7 @@ class Trainer:
         self.sampler = TwoStreamSampler(
             lab, unl, config.patch_size, config.batch_labeled, config.batch_unlabeled if unl else 0,
             seed=config.seed + self.rank, foreground_prob=config.sampler.foreground_prob,
-            flip=config.sampler.flip,
+            flip=config.sampler.flip, augment=build_augment(config.augment),
         )
         self.loss_generator = torch.Generator().manual_seed(config.seed + 10_000 + self.rank)
         self.loss_fn = DualNetLoss(config.loss, config.modules, config.num_classes, config.iterations)
