@@ -54,11 +54,11 @@ def random_affine(image: np.ndarray, label: np.ndarray | None, matrix: np.ndarra
     theta[0, :, :3] = matrix[::-1, ::-1]
     grid = F.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)[0].numpy()
-    lab = None
+    lab: np.ndarray | None = None
     if label is not None:
         y = torch.from_numpy(np.ascontiguousarray(label).astype(np.float32))[None, None]
-        lab = F.grid_sample(y, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0]
-        lab = lab.numpy().astype(label.dtype)
+        moved = F.grid_sample(y, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0]
+        lab = moved.numpy().astype(label.dtype)
     return out, lab
 
 
@@ -86,7 +86,8 @@ def build_augment(cfg: AugmentConfig) -> Augment | None:
     if not cfg.enabled:
         return None
 
-    def augment(image: np.ndarray, label: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def augment(image: np.ndarray, label: np.ndarray | None, seed: int
+                ) -> tuple[np.ndarray, np.ndarray | None]:
         rng = np.random.default_rng(seed)
         x = np.array(image, dtype=np.float32)
         lab = None if label is None else np.array(label)

@@ -201,7 +201,8 @@ class TrainConfig:
         probs = [getattr(aug, f.name) for f in dataclasses.fields(aug) if f.name.endswith("_prob")]
         if any(not 0.0 <= p <= 1.0 for p in probs):
             errors.append("augment.*_prob must be in [0, 1]")
-        if not 0 < aug.scale_range[0] <= aug.scale_range[1] or not 0 < aug.gamma_range[0] <= aug.gamma_range[1]:
+        ranges = (aug.scale_range, aug.gamma_range)
+        if any(not 0 < low <= high for low, high in ranges):
             errors.append("augment.scale_range and augment.gamma_range must be 0 < low <= high")
         if errors:
             raise ValueError("invalid training config: " + "; ".join(errors))
