@@ -45,9 +45,9 @@ class Settings(BaseSettings):
         1800, gt=0, description="time limit of one segmentation job (Celery soft limit; the hard limit is "
         "60 s later), independent of the lease")
     job_lease_s: int = Field(
-        120, gt=0, description="lease of a running job, renewed by its worker's heartbeat: a job whose worker "
-        "stopped beating this long ago is re-queued by the sweeper; also how long a silent worker counts as "
-        "alive")
+        120, gt=0, description="lease of a running job, renewed by its worker's heartbeat: a job whose "
+        "worker stopped beating this long ago is re-queued by the sweeper; also how long a silent worker "
+        "counts as alive")
     heartbeat_s: float = Field(
         20.0, gt=0, description="period of every worker's heartbeat thread (its liveness row and the leases "
         "of the jobs and training runs it holds); at most a third of job_lease_s and training_lease_s")
