@@ -116,10 +116,10 @@ def beat_cmd() -> None:
 
     s = get_settings()
     logging.basicConfig(level=s.log_level, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+    celery_app = create_worker_app(s)  # before waiting: a standby takes over without start-up work
     lock = BeatLock(s)
     lock.acquire_or_wait(retry_s=min(5.0, float(s.sweep_interval_s)))
     lock.watch()
-    celery_app = create_worker_app(s)
     celery_app.start(["beat", "-s", str(s.data_path / "celerybeat-schedule"), "--loglevel", s.log_level])
 
 

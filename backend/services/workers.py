@@ -85,11 +85,17 @@ def unregister(session: Session, worker_id: str) -> None:
 
 def heartbeat(session: Session, worker_id: str, settings: Settings, now: datetime | None = None) -> bool:
     """Refresh the worker's row and renew the leases of what it holds. False when the row was gone (a
-    sweeper judged this worker dead and re-queued its work): the caller registers again."""
+    sweeper judged this worker dead and re-queued its work): the caller registers again.
+
+    A job past its hard time limit (counted from its claim) is not renewed any more: where the pool cannot
+    enforce the limit (solo), a hung job is then re-queued by the sweeper one lease later. (Training runs
+    keep their first start time across resumes, so they are renewed while their worker beats.)"""
     now = now or utcnow()
     result = session.execute(update(Worker).where(Worker.id == worker_id).values(last_seen_at=now))
     seen = getattr(result, "rowcount", 0)
-    session.execute(update(Job).where(Job.worker_id == worker_id, Job.state == JobState.running)
+    job_cutoff = now - timedelta(seconds=settings.job_time_limit_s + 60)
+    session.execute(update(Job).where(Job.worker_id == worker_id, Job.state == JobState.running,
+                                      Job.started_at >= job_cutoff)
                     .values(lease_expires_at=now + timedelta(seconds=settings.job_lease_s)))
     session.execute(update(TrainingRun)
                     .where(TrainingRun.worker_id == worker_id, TrainingRun.state == RunState.running)

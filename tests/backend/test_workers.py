@@ -122,6 +122,14 @@ def test_heartbeat_renews_held_leases_and_reports_a_lost_row(settings: Settings)
         assert _aware(row.last_seen_at) == later
         # the sweeper would keep this job: its lease is fresh
         assert jobs.sweep(session, s.job_queued_grace_s, now=later + timedelta(seconds=5)) == []
+    past_limit = utcnow() + timedelta(seconds=s.job_time_limit_s + 61)
+    with session_scope(url) as session:  # a job past its hard time limit (a hung solo worker) is let go
+        assert workers.heartbeat(session, me, s, now=past_limit)
+    with session_scope(url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert _aware(job.lease_expires_at) == later + timedelta(seconds=s.job_lease_s)
+        assert [j.id for j in jobs.sweep(session, s.job_queued_grace_s, now=past_limit)] == [job_id]
         workers.unregister(session, me)
     with session_scope(url) as session:
         assert not workers.heartbeat(session, me, s)
