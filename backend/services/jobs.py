@@ -106,8 +106,12 @@ def claim(session: Session, job_id: str, worker: str, lease_s: int,
         return None
     lease = _aware(job.lease_expires_at)
     if job.state == JobState.running and lease is not None and lease > now:
-        log.info("job %s is held by %s until %s; skipping duplicate delivery", job_id, job.worker, lease)
-        return None
+        from backend.services.workers import holder_gone
+
+        if job.worker_id is None or not holder_gone(session, job.worker_id, lease_s):
+            log.info("job %s is held by %s until %s; skipping duplicate delivery", job_id, job.worker, lease)
+            return None
+        log.warning("job %s: its worker is gone; taking the redelivered job over", job_id)
     if job.attempts >= job.max_attempts:
         job.state, job.finished_at = JobState.failed, now
         job.error = job.error or f"gave up after {job.attempts} attempts"

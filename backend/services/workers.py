@@ -103,11 +103,17 @@ def heartbeat(session: Session, worker_id: str, settings: Settings, now: datetim
     return bool(seen)
 
 
-def is_gone(row: Worker, settings: Settings, now: datetime, here: str) -> bool:
+def is_gone(row: Worker, lease_s: int, now: datetime, here: str) -> bool:
     seen = _aware(row.last_seen_at)
-    if seen is None or seen < now - timedelta(seconds=settings.job_lease_s):
+    if seen is None or seen < now - timedelta(seconds=lease_s):
         return True
     return row.hostname == here and not pid_runs(row.pid, row.started_at)
+
+
+def holder_gone(session: Session, worker_id: str, lease_s: int) -> bool:
+    """Is the worker that holds a row gone? (A redelivered message may then take the job over at once.)"""
+    row = session.get(Worker, worker_id)
+    return row is None or is_gone(row, lease_s, utcnow(), hostname())
 
 
 def describe(row: Worker | None) -> str:
@@ -121,7 +127,7 @@ def recover(session: Session, settings: Settings, now: datetime | None = None) -
     now = now or utcnow()
     here = hostname()
     rows = {w.id: w for w in session.scalars(select(Worker))}
-    gone = {wid: w for wid, w in rows.items() if is_gone(w, settings, now, here)}
+    gone = {wid: w for wid, w in rows.items() if is_gone(w, settings.job_lease_s, now, here)}
     live = set(rows) - set(gone)
     resend: list[tuple[str, str, str]] = []
     for job in session.scalars(select(Job).where(Job.state == JobState.running, Job.worker_id.is_not(None))):

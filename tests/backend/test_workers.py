@@ -174,3 +174,15 @@ def test_postgres_scheduler_lock_admits_one_holder(tmp_path: Path, postgres_url:
     first._conn.close()
     assert second.try_acquire()
     second._conn.close()
+
+
+def test_a_redelivered_job_is_taken_over_only_from_a_gone_worker(settings: Settings) -> None:
+    s = settings
+    with session_scope(s.resolved_database_url) as session:
+        alive = workers.register(session, "alive@here").id
+        dead = workers.register(session, "dead@here", pid=_dead_pid()).id
+    held, orphaned = _running_job(s, alive), _running_job(s, dead)
+    with session_scope(s.resolved_database_url) as session:
+        assert jobs.claim(session, held, "other@host", s.job_lease_s, "other") is None  # a duplicate
+        taken = jobs.claim(session, orphaned, "other@host", s.job_lease_s, alive)
+        assert taken is not None and taken.attempts == 2 and taken.worker_id == alive
