@@ -80,13 +80,13 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="processes/threads (1 per GPU)")] = 1,
     beat: Annotated[bool, typer.Option(help="also run the beat scheduler (if no other beat holds the "
                                             "deployment's scheduler lock)")] = False,
+    name: Annotated[str | None, typer.Option(help="Celery node name (default dualseg-POOL@%h); give "
+                                                  "each worker on one host its own")] = None,
 ) -> None:
     """Run a Celery worker consuming QUEUES (production: one per GPU for `inference`).
 
     At start-up, before it consumes, it re-queues the jobs of workers that are gone; then a heartbeat
     thread keeps its `workers` row and the leases of what it holds fresh (DUALSEG_HEARTBEAT_S)."""
-    import os
-
     from worker import liveness
     from worker.app import create_worker_app
 
@@ -94,7 +94,7 @@ def worker(
     celery_app = create_worker_app(s)
     liveness.install(celery_app, s)
     argv = ["worker", "-Q", queues, "-P", pool, "-c", str(concurrency), "--loglevel", s.log_level,
-            "--without-gossip", "--without-mingle", "-n", f"dualseg-{pool}-{os.getpid()}@%h"]
+            "--without-gossip", "--without-mingle", "-n", name or f"dualseg-{pool}@%h"]
     if beat:
         from worker.beat_lock import BeatLock
 

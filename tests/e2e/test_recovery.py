@@ -223,7 +223,8 @@ def test_production_failover_to_the_other_worker_and_one_beat(tmp_path: Path, po
     stack.token("admin"), stack.token("viewer")
     try:
         stack.start("api")
-        workers = {n: _spawn(stack, n, "worker", "--queues", "inference", "--pool", "solo") for n in "ab"}
+        workers = {n: _spawn(stack, n, "worker", "--queues", "inference", "--pool", "solo",
+                             "--name", f"dualseg-{n}@%h") for n in "ab"}
         beat1 = _spawn(stack, "beat-1", "beat")
         _wait(lambda: {p.pid for p in workers.values()} <= set(_registered(postgres_url)), 90,
               "the workers did not register")
