@@ -78,27 +78,48 @@ def worker(
     queues: Annotated[str, typer.Option(help="comma-separated queues")] = "inference,training",
     pool: Annotated[str, typer.Option(help="solo | prefork | threads")] = "solo",
     concurrency: Annotated[int, typer.Option(help="processes/threads (1 per GPU)")] = 1,
-    beat: Annotated[bool, typer.Option(help="also run the beat scheduler in this process")] = False,
+    beat: Annotated[bool, typer.Option(help="also run the beat scheduler (if no other beat holds the "
+                                            "deployment's scheduler lock)")] = False,
+    name: Annotated[str | None, typer.Option(help="Celery node name (default dualseg-POOL@%h); give "
+                                                  "each worker on one host its own")] = None,
 ) -> None:
-    """Run a Celery worker consuming QUEUES (production: one per GPU for `inference`)."""
+    """Run a Celery worker consuming QUEUES (production: one per GPU for `inference`).
+
+    At start-up, before it consumes, it re-queues the jobs of workers that are gone; then a heartbeat
+    thread keeps its `workers` row and the leases of what it holds fresh (DUALSEG_HEARTBEAT_S)."""
+    from worker import liveness
     from worker.app import create_worker_app
 
     s = get_settings()
     celery_app = create_worker_app(s)
+    liveness.install(celery_app, s)
     argv = ["worker", "-Q", queues, "-P", pool, "-c", str(concurrency), "--loglevel", s.log_level,
-            "--without-gossip", "--without-mingle", "-n", f"dualseg-{pool}@%h"]
+            "--without-gossip", "--without-mingle", "-n", name or f"dualseg-{pool}@%h"]
     if beat:
-        argv += ["-B", "-s", str(s.data_path / "celerybeat-schedule")]
+        from worker.beat_lock import BeatLock
+
+        lock = BeatLock(s)
+        if lock.acquire_or_wait(block=False):  # held by this process (and its beat child) until exit
+            lock.watch()
+            argv += ["-B", "-s", str(s.data_path / "celerybeat-schedule")]
     celery_app.worker_main(argv)
 
 
 @app.command("beat")
 def beat_cmd() -> None:
-    """Run the beat scheduler (stuck-job sweeper, scheduled retraining). Exactly one per deployment."""
+    """Run the beat scheduler (stuck-job sweeper, scheduled retraining). Exactly one per deployment: a
+    second one logs that another holds the scheduler lock and stands by until it is free."""
+    import logging
+
     from worker.app import create_worker_app
+    from worker.beat_lock import BeatLock
 
     s = get_settings()
-    celery_app = create_worker_app(s)
+    logging.basicConfig(level=s.log_level, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+    celery_app = create_worker_app(s)  # before waiting: a standby takes over without start-up work
+    lock = BeatLock(s)
+    lock.acquire_or_wait(retry_s=min(5.0, float(s.sweep_interval_s)))
+    lock.watch()
     celery_app.start(["beat", "-s", str(s.data_path / "celerybeat-schedule"), "--loglevel", s.log_level])
 
 
@@ -106,7 +127,8 @@ def beat_cmd() -> None:
 def serve(
     ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the API")] = 120.0,
 ) -> None:
-    """Embedded mode: migrate, then run the API and one worker (solo pool, beat inside) as children."""
+    """Embedded mode: migrate, re-queue what a previous run's worker left running, then run the API, one
+    worker (solo pool) and beat as children."""
     from backend.supervisor import Supervisor, python_child
 
     s = get_settings()
@@ -117,9 +139,21 @@ def serve(
 
     for line in bootstrap_embedded(s):
         typer.echo(line)
+    from backend.broker import make_celery
+    from backend.db import session_scope
+    from backend.services.workers import recover
+
+    with session_scope(s.resolved_database_url) as session:  # before the new worker consumes
+        resend = recover(session, s)
+    client = make_celery(s)
+    for task, item_id, queue in resend:
+        client.send_task(task, args=[item_id], queue=queue)
+    if resend:
+        typer.echo(f"re-queued {len(resend)} job(s) left running by the previous worker")
     queues = f"{s.queue_inference},{s.queue_training}"
     sup = Supervisor(
-        [python_child("api"), python_child("worker", "--queues", queues, "--pool", "solo", "--beat")],
+        [python_child("api"), python_child("worker", "--queues", queues, "--pool", "solo"),
+         python_child("beat")],
         echo=typer.echo,
     )
     base = f"http://{s.host}:{s.port}"

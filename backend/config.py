@@ -41,8 +41,16 @@ class Settings(BaseSettings):
     max_voxels: int = Field(512 * 512 * 1024, gt=0, description="cap on voxels of one volume")
     auth_enabled: bool = Field(True, description="require bearer tokens on /api routes")
     secret_key: str = Field(DEFAULT_SECRET, description="server secret (token peppering)")
-    job_time_limit_s: int = Field(1800, gt=0, description="hard time limit of one segmentation job")
-    job_lease_s: int = Field(3600, gt=0, description="a job not finished this long after it started is swept")
+    job_time_limit_s: int = Field(
+        1800, gt=0, description="time limit of one segmentation job (Celery soft limit; the hard limit is "
+        "60 s later), independent of the lease")
+    job_lease_s: int = Field(
+        120, gt=0, description="lease of a running job, renewed by its worker's heartbeat: a job whose "
+        "worker stopped beating this long ago is re-queued by the sweeper; also how long a silent worker "
+        "counts as alive")
+    heartbeat_s: float = Field(
+        20.0, gt=0, description="period of every worker's heartbeat thread (its liveness row and the leases "
+        "of the jobs and training runs it holds); at most a third of job_lease_s and training_lease_s")
     job_queued_grace_s: int = Field(600, gt=0, description="a job queued this long is re-sent to the broker")
     job_max_attempts: int = Field(3, ge=1, description="attempts before a job is marked failed")
     sweep_interval_s: int = Field(60, gt=0, description="period of the stuck-job sweeper (beat)")
@@ -68,7 +76,11 @@ class Settings(BaseSettings):
     retrain_gate_hd95_tol_mm: float = Field(
         0.0, ge=0, description="candidate HD95 may be this much above the active's")
     training_lease_s: int = Field(
-        900, gt=0, description="a running training run silent this long is resumed elsewhere")
+        120, gt=0, description="lease of a running training run, renewed by its worker's heartbeat: a run "
+        "whose worker stopped beating this long ago is re-queued and resumes from its checkpoint")
+    training_time_limit_s: int = Field(
+        86400, gt=0, description="time limit of one training run (Celery soft limit; the hard limit is "
+        "300 s later)")
     log_level: str = Field("INFO", description="log level of every process")
     # PACS (docs/pacs.md) -----------------------------------------------------------------------
     pacs_dicomweb_url: str | None = Field(
@@ -160,6 +172,11 @@ class Settings(BaseSettings):
                 f"refusing to listen on {self.host} with authentication off: "
                 "set DUALSEG_AUTH_ENABLED=true or DUALSEG_HOST=127.0.0.1"
             )
+        for name in ("job_lease_s", "training_lease_s"):
+            if self.heartbeat_s > getattr(self, name) / 3:
+                problems.append(f"DUALSEG_HEARTBEAT_S ({self.heartbeat_s:g}) must be at most a third of "
+                                f"DUALSEG_{name.upper()} ({getattr(self, name)}) so that one late beat "
+                                "does not lose a lease")
         if self.oidc_issuer and not (self.oidc_audience and (self.oidc_jwks_file or self.oidc_jwks_url)):
             problems.append("DUALSEG_OIDC_ISSUER needs DUALSEG_OIDC_AUDIENCE and DUALSEG_OIDC_JWKS_FILE "
                             "or DUALSEG_OIDC_JWKS_URL")

@@ -1,13 +1,16 @@
-"""Runs the embedded deployment (API + one worker with beat) as child processes of `dualseg serve`.
+"""Runs the embedded deployment (API, one worker, beat) as child processes of `dualseg serve`.
 
-Ctrl-C / SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period); a child that dies on
-its own is reported and the whole group exits non-zero. Children get PR_SET_PDEATHSIG so that even a
-SIGKILL of the supervisor leaves no orphans.
+Each child leads its own process group, and the supervisor signals whole groups: Ctrl-C / SIGTERM stops
+every group (SIGTERM, then SIGKILL after a grace period); a child that dies on its own is reported, every
+group — the dead child's too, where its own children may still run — is stopped and the supervisor exits
+non-zero. Children get PR_SET_PDEATHSIG so that even a SIGKILL of the supervisor leaves no orphans, and the
+worker's pool children and embedded beat set it too (worker/liveness.py).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -19,11 +22,12 @@ from dataclasses import dataclass, field
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux; no-op elsewhere)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: best effort
+        libc.prctl(PR_SET_PDEATHSIG, int(sig))
+    except (OSError, AttributeError):  # not Linux: best effort
         pass
 
 
@@ -48,22 +52,35 @@ class Supervisor:
         for child in self.children:
             # A new session: the terminal's Ctrl-C reaches only the supervisor, which stops the
             # children in order instead of every process reacting at once.
-            child.proc = subprocess.Popen(child.argv, start_new_session=True, preexec_fn=_die_with_parent)
+            child.proc = subprocess.Popen(child.argv, start_new_session=True, preexec_fn=die_with_parent)
+
+    def _signal_group(self, child: Child, sig: int) -> bool:
+        """Send ``sig`` to the child's process group (the child and whatever it started); False when the
+        group is empty."""
+        assert child.proc is not None
+        try:
+            os.killpg(child.proc.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # pragma: no cover - a reused group id of another user
+            return False
 
     def stop(self) -> None:
-        running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
-        for c in running:
-            assert c.proc is not None
-            c.proc.send_signal(signal.SIGTERM)
+        started = [c for c in self.children if c.proc is not None]
+        for c in started:
+            self._signal_group(c, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
-        for c in running:
+        for c in started:
             assert c.proc is not None
             try:
                 c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.echo(f"{c.name} did not stop within {self.grace_s:.0f} s; killing it")
-                c.proc.kill()
-                c.proc.wait()
+        for c in started:  # whatever is left in a group (a stuck child, a grandchild) is killed
+            assert c.proc is not None
+            self._signal_group(c, signal.SIGKILL)
+            c.proc.wait()
 
     def wait_http(self, url: str, timeout_s: float) -> bool:
         """Poll ``url`` until it answers 200 or a child dies; True when it answered."""

@@ -142,7 +142,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    worker: Mapped[str | None] = mapped_column(String(255))
+    worker: Mapped[str | None] = mapped_column(String(255))  # Celery node name of the last claimer
+    # the registered worker process (``workers.id``) holding the job while it runs
+    worker_id: Mapped[str | None] = mapped_column(String(32), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -226,8 +228,24 @@ class TrainingRun(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker_id: Mapped[str | None] = mapped_column(String(32), index=True)  # ``workers.id`` while running
     error: Mapped[str | None] = mapped_column(Text)
     checkpoint_key: Mapped[str | None] = mapped_column(String(255))
+
+
+class Worker(Base):
+    """A live (or recently live) worker process: its heartbeat thread refreshes ``last_seen_at``. A worker
+    is gone when the row is missing, ``last_seen_at`` is older than the job lease, or — seen from the same
+    host — its pid no longer runs; the jobs and training runs it holds are then re-queued at once."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str | None] = mapped_column(String(255))  # Celery node name, for people reading the table
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class ApiToken(Base):

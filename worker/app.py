@@ -59,7 +59,8 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
 
     store = ArtifactStore(settings.resolved_storage_dir)
 
-    @app.task(name=RETRAIN_TASK, acks_late=True, ignore_result=True)
+    @app.task(name=RETRAIN_TASK, acks_late=True, ignore_result=True,
+              soft_time_limit=settings.training_time_limit_s, time_limit=settings.training_time_limit_s + 300)
     def retrain(run_id: str) -> str:
         return run_retrain(settings, store, run_id)
 

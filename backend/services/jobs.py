@@ -27,6 +27,12 @@ class JobCancelled(Exception):
     """Raised inside a running job when a user asked to cancel it."""
 
 
+class LeaseLost(Exception):
+    """Raised inside a running job whose row no longer names this worker: it was judged gone (its heartbeat
+    stopped for longer than the lease) and the job was re-queued; the new holder's run is the one that
+    counts, so this one stops without touching the row."""
+
+
 def _aware(dt: datetime | None) -> datetime | None:
     if dt is not None and dt.tzinfo is None:  # SQLite returns naive datetimes
         return dt.replace(tzinfo=UTC)
@@ -84,7 +90,8 @@ def cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def claim(session: Session, job_id: str, worker: str, lease_s: int) -> Job | None:
+def claim(session: Session, job_id: str, worker: str, lease_s: int,
+          worker_id: str | None = None) -> Job | None:
     """Mark the job running for this worker; None when there is nothing to do (finished, cancelled,
     unknown, or held by another live worker). Idempotent under redelivery."""
     job = session.get(Job, job_id, with_for_update=True)
@@ -99,8 +106,12 @@ def claim(session: Session, job_id: str, worker: str, lease_s: int) -> Job | Non
         return None
     lease = _aware(job.lease_expires_at)
     if job.state == JobState.running and lease is not None and lease > now:
-        log.info("job %s is held by %s until %s; skipping duplicate delivery", job_id, job.worker, lease)
-        return None
+        from backend.services.workers import holder_gone
+
+        if job.worker_id is None or not holder_gone(session, job.worker_id, lease_s):
+            log.info("job %s is held by %s until %s; skipping duplicate delivery", job_id, job.worker, lease)
+            return None
+        log.warning("job %s: its worker is gone; taking the redelivered job over", job_id)
     if job.attempts >= job.max_attempts:
         job.state, job.finished_at = JobState.failed, now
         job.error = job.error or f"gave up after {job.attempts} attempts"
@@ -109,17 +120,22 @@ def claim(session: Session, job_id: str, worker: str, lease_s: int) -> Job | Non
     job.attempts += 1
     job.started_at = now
     job.worker = worker
+    job.worker_id = worker_id
     job.progress = 0.0
     job.error = None
     job.lease_expires_at = now + timedelta(seconds=lease_s)
     return job
 
 
-def heartbeat(session: Session, job_id: str, progress: float, stage: str | None, lease_s: int) -> None:
-    """Record progress (0–100) and renew the lease; raise JobCancelled if a cancel was requested."""
+def heartbeat(session: Session, job_id: str, progress: float, stage: str | None, lease_s: int,
+              worker_id: str | None = None) -> None:
+    """Record progress (0–100) and renew the lease; raise JobCancelled if a cancel was requested, LeaseLost
+    if the job was re-queued away from this worker."""
     job = session.get(Job, job_id)
     if job is None:
         raise JobCancelled(f"job {job_id} vanished")
+    if worker_id is not None and (job.worker_id != worker_id or job.state != JobState.running):
+        raise LeaseLost(f"job {job_id} is no longer held by this worker ({job.state.value})")
     if job.cancel_requested:
         raise JobCancelled(f"job {job_id} was cancelled")
     job.progress = round(max(job.progress, min(100.0, progress)), 2)
@@ -149,10 +165,10 @@ def requeue_or_fail(session: Session, job: Job, reason: str) -> bool:
     if job.attempts >= job.max_attempts:
         job.state, job.finished_at = JobState.failed, utcnow()
         job.error = f"{reason} (gave up after {job.attempts} attempts)"
-        job.lease_expires_at = None
+        job.lease_expires_at, job.worker_id = None, None
         return False
     job.state = JobState.queued
-    job.lease_expires_at = None
+    job.lease_expires_at, job.worker_id = None, None
     job.error = reason
     return True
 

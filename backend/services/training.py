@@ -230,7 +230,8 @@ def eta_seconds(run: TrainingRun, now: datetime | None = None) -> float | None:
     return max(0.0, elapsed / done_it * (run.total_iterations - run.iteration))
 
 
-def claim_run(session: Session, run_id: str, lease_s: int) -> TrainingRun | None:
+def claim_run(session: Session, run_id: str, lease_s: int,
+              worker_id: str | None = None) -> TrainingRun | None:
     """Mark the run running (or resumed after a crash); None if there is nothing to do."""
     run = session.get(TrainingRun, run_id, with_for_update=True)
     if run is None or run.state not in ACTIVE_STATES:
@@ -249,6 +250,7 @@ def claim_run(session: Session, run_id: str, lease_s: int) -> TrainingRun | None
     run.attempts += 1
     run.started_at = run.started_at or utcnow()
     run.lease_expires_at = utcnow() + timedelta(seconds=lease_s)
+    run.worker_id = worker_id
     return run
 
 
@@ -260,7 +262,7 @@ def sweep_runs(session: Session, now: datetime | None = None) -> list[str]:
         lease = _aware(run.lease_expires_at)
         if lease is None or lease < now:
             run.state = RunState.queued
-            run.lease_expires_at = None
+            run.lease_expires_at, run.worker_id = None, None
             out.append(run.id)
     return out
 

@@ -14,7 +14,7 @@ from backend.cli import _alembic_config
 from backend.tables import Base
 
 EXPECTED = {"cases", "jobs", "artifacts", "corrections", "model_versions", "training_runs",
-            "api_tokens", "audit_events", "case_identities"}
+            "api_tokens", "audit_events", "case_identities", "workers"}
 
 
 def _roundtrip(url: str) -> None:

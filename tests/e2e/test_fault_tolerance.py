@@ -179,6 +179,8 @@ def stack(
         broker_url=redis.url,
         extra_env={
             "DUALSEG_JOB_LEASE_S": "5",
+            "DUALSEG_TRAINING_LEASE_S": "5",
+            "DUALSEG_HEARTBEAT_S": "1",
             "DUALSEG_SWEEP_INTERVAL_S": "2",
             "DUALSEG_JOB_QUEUED_GRACE_S": "6",
             "DUALSEG_ORPHAN_MAX_AGE_S": "3",  # the janitor part of the API-kill test

@@ -61,8 +61,8 @@ def test_serve_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert httpx.get(base + "/healthz").json() == {"status": "ok"}
         assert httpx.get(base + "/api/v1/cases").status_code == 401
         kids = _children(proc.pid)
-        assert len(kids) == 2, kids  # api + worker
-        time.sleep(3)  # let the worker finish starting (beat inside)
+        assert len(kids) == 3, kids  # api + worker + beat
+        time.sleep(3)  # let the worker finish starting
         grandchildren = [g for k in kids for g in _children(k)]
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)

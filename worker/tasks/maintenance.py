@@ -14,11 +14,19 @@ log = logging.getLogger("dualseg.worker.sweep")
 
 
 def sweep_once(settings: Settings, enqueue: jobs.Enqueue) -> int:
-    """Return how many jobs and training runs were re-sent. Commits before sending, like every enqueue."""
+    """Return how many jobs and training runs were re-sent. Commits before sending, like every enqueue.
+
+    First what gone workers held (at once, whatever the lease says), then rows whose lease ran out
+    (a worker that stopped beating without being judged gone, rows from before worker registration),
+    then queued jobs whose message may be lost."""
     from backend.services.training import sweep_runs
+    from backend.services.workers import recover
 
     with session_scope(settings.resolved_database_url) as session:
-        resend = [(SEGMENT_TASK, j.id, j.queue) for j in jobs.sweep(session, settings.job_queued_grace_s)]
+        resend = recover(session, settings)
+        session.flush()
+        resend += [(SEGMENT_TASK, j.id, j.queue) for j in jobs.sweep(session, settings.job_queued_grace_s)
+                   if (SEGMENT_TASK, j.id, j.queue) not in resend]
         resend += [(RETRAIN_TASK, run_id, settings.queue_training) for run_id in sweep_runs(session)]
     for task, item_id, queue in resend:
         enqueue(task, item_id, queue)

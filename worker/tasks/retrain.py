@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
 
 from backend.config import Settings
 from backend.db import session_scope
@@ -20,6 +21,7 @@ from backend.imaging.nifti import load_image
 from backend.services import registry, training
 from backend.storage import ArtifactStore
 from backend.tables import ModelState, RunState, TrainingRun, utcnow
+from worker.liveness import current_worker_id
 from worker.model_cache import resolve_device
 
 log = logging.getLogger("dualseg.worker.retrain")
@@ -115,7 +117,7 @@ def _config_for(preset: str, overrides: dict[str, Any], card: dict[str, Any]) ->
 def run_retrain(settings: Settings, store: ArtifactStore, run_id: str) -> str:
     url = settings.resolved_database_url
     with session_scope(url) as s:
-        run = training.claim_run(s, run_id, settings.training_lease_s)
+        run = training.claim_run(s, run_id, settings.training_lease_s, current_worker_id())
         if run is None:
             return "skipped"
         active = registry.active_version(s)
@@ -139,6 +141,10 @@ def run_retrain(settings: Settings, store: ArtifactStore, run_id: str) -> str:
             overrides["iterations"] = settings.retrain_iterations
     try:
         return _train_and_gate(settings, store, run_id, base, preset, overrides, data)
+    except SoftTimeLimitExceeded:
+        _finish(settings, run_id, RunState.failed, error=f"the run took longer than its time limit "
+                f"({settings.training_time_limit_s} s, DUALSEG_TRAINING_TIME_LIMIT_S)")
+        return "failed"
     except Exception as exc:  # noqa: BLE001 - the run records a message a person can act on
         log.exception("training run %s failed", run_id)
         _finish(settings, run_id, RunState.failed, error=f"{type(exc).__name__}: {exc}")

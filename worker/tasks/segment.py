@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
 from backend.broker import SEGMENT_TASK
@@ -23,6 +24,7 @@ from backend.imaging.volume import ImageVolume
 from backend.services import artifacts, jobs, registry, results
 from backend.storage import ArtifactStore
 from backend.tables import Case, JobState
+from worker.liveness import current_worker_id
 from worker.model_cache import ModelCache
 
 log = logging.getLogger("dualseg.worker.segment")
@@ -33,10 +35,14 @@ P_LOADED, P_INFERRED, P_WRITTEN = 5.0, 85.0, 98.0
 
 
 class Heartbeat:
-    """Throttled progress writer; raises JobCancelled when the user cancelled."""
+    """Throttled progress writer; raises JobCancelled when the user cancelled, LeaseLost when the job was
+    re-queued away from this worker. (The lease itself is renewed by the worker's heartbeat thread,
+    worker/liveness.py, also while one long step gives no progress.)"""
 
-    def __init__(self, settings: Settings, job_id: str, min_interval_s: float = 1.0) -> None:
+    def __init__(self, settings: Settings, job_id: str, min_interval_s: float = 1.0,
+                 worker_id: str | None = None) -> None:
         self.settings, self.job_id, self.min_interval_s = settings, job_id, min_interval_s
+        self.worker_id = worker_id
         self._last = 0.0
 
     def __call__(self, progress: float, stage: str | None = None, force: bool = False) -> None:
@@ -45,7 +51,7 @@ class Heartbeat:
             return
         self._last = now
         with session_scope(self.settings.resolved_database_url) as s:
-            jobs.heartbeat(s, self.job_id, progress, stage, self.settings.job_lease_s)
+            jobs.heartbeat(s, self.job_id, progress, stage, self.settings.job_lease_s, self.worker_id)
 
 
 def run_segment(
@@ -57,8 +63,9 @@ def run_segment(
     enqueue: jobs.Enqueue,
 ) -> str:
     url = settings.resolved_database_url
+    worker_id = current_worker_id()
     with session_scope(url) as s:
-        job = jobs.claim(s, job_id, worker_name, settings.job_lease_s)
+        job = jobs.claim(s, job_id, worker_name, settings.job_lease_s, worker_id)
         if job is None:
             return "skipped"
         case = s.get(Case, job.case_id)
@@ -78,7 +85,7 @@ def run_segment(
         job.stage = "loading model"
         case_id, image_key = case.id, case.image_key
         model_path, model_hash, card = mv.path, mv.content_hash, dict(mv.card)
-    beat = Heartbeat(settings, job_id)
+    beat = Heartbeat(settings, job_id, worker_id=worker_id)
     timings: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
@@ -148,6 +155,12 @@ def run_segment(
         with session_scope(url) as s:
             jobs.finish(s, job_id, JobState.cancelled, error="cancelled by a user", timings=timings)
         return "cancelled"
+    except jobs.LeaseLost as exc:
+        log.warning("%s; stopping this run of it", exc)
+        return "lease-lost"
+    except SoftTimeLimitExceeded:
+        return _fail(url, job_id, f"the job ran longer than its time limit ({settings.job_time_limit_s} s, "
+                     "DUALSEG_JOB_TIME_LIMIT_S)", timings)
     except TRANSIENT as exc:
         log.warning("job %s: transient failure %s", job_id, type(exc).__name__)
         return _retry_later(settings, job_id, f"temporary failure: {type(exc).__name__}: {exc}", enqueue)
