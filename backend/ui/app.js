@@ -186,6 +186,9 @@ function renderWorklist() {
                       onkeydown: (e) => { if (e.key === "Enter") openCase(c.case_id); } },
       el("div", { class: "case-line" },
         el("span", { class: "case-name", title: c.case_id }, c.original_name || shortId(c.case_id)),
+        c.uncertainty && c.uncertainty.out_of_distribution
+          ? el("span", { class: "badge ood", title: c.uncertainty.ood_reason || "out of distribution" }, "OOD")
+          : null,
         el("span", { class: `badge ${st.cls}` }, st.text)),
       el("div", { class: "case-line muted small" },
         el("span", {}, `${c.modality || c.source_format} ${c.shape.join("×")}`),
@@ -327,6 +330,11 @@ async function showCase(c, token) {
     state.regions = regions ? regions.regions : [];
     renderRegions();
     if (!hasResult) banner("This case has no segmentation yet: you can paint labels from scratch.", "info");
+    const u = c.uncertainty || {};
+    if (hasResult && u.out_of_distribution) {
+      banner(`Out of distribution (score ${fmt(u.ood_score, 2)}): ${u.ood_reason || "unlike the model's training data"}`
+             + " The heatmap and the region list can miss errors here: review the whole volume.", "warning");
+    }
     state.ready = true;
     viewer.onDirty(viewer.dirty);
     viewer.nv.createOnLocationChange();
