@@ -219,6 +219,49 @@ def _fmt(stats: dict[str, Any] | None, digits: int) -> str:
 
 
 @app.command()
+def reference(
+    model: Annotated[Path, typer.Option("--model", help="package folder to update")],
+    data: Annotated[Path, typer.Option("--data", help="the data the package was trained on (MSD / LA .h5)")],
+    cases: Annotated[int, typer.Option(help="at most this many cases, evenly spaced")] = 64,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "cpu",
+) -> None:
+    """Record the out-of-distribution reference of a package: the case features of its training data.
+
+    A package trained by `dualseg train` has one already; this is for packages made before or elsewhere.
+    """
+    import torch
+
+    from models.data.transforms import preprocess
+    from models.package import load_package, rewrite_card
+    from models.runtime import resolve_device
+    from models.training.pipeline import load_dataset, training_reference
+
+    _check_device(device)
+    with _bad_input():
+        dev = resolve_device(device)
+        pkg = load_package(model, dev)
+        src = load_dataset(data)
+        items = list(src.labeled) + list(src.unlabeled)
+        if len(items) < 2:
+            _fail(f"{data}: at least 2 training cases are needed, found {len(items)}")
+        step = max(1, len(items) // max(1, cases))
+        arrays = []
+        with _progress_bar("features") as bar:
+            picked = items[::step][:cases]
+            for i, it in enumerate(picked):
+                image, affine, _ = it.load()
+                arrays.append(preprocess(image, affine, pkg.card.preprocessing)[0])
+                bar((i + 1) / len(picked))
+        with torch.inference_mode():
+            ref = training_reference(pkg, arrays, dev)
+        assert ref is not None
+        pkg.card.training["ood_reference"] = ref
+        rewrite_card(model, pkg.card)
+    typer.echo(f"recorded the OOD reference of {pkg.card.version}: {ref['cases']} cases, "
+               f"threshold {ref['threshold']:.3f}")
+
+
+@app.command()
 def evaluate(
     model: Annotated[str, typer.Option("--model", help="package folder / .zip or registered version")],
     data: Annotated[Path, typer.Option("--data", help="dataset folder with a labeled test split")],

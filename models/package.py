@@ -219,6 +219,16 @@ def save_package(out_dir: str | Path, net_a: nn.Module, net_b: nn.Module, card: 
     return out
 
 
+def rewrite_card(package_dir: str | Path, card: ModelCard) -> Path:
+    """Replace the ``model.json`` of a package *folder* (weights untouched, so ``content_hash`` stays)."""
+    card.validate()
+    path = Path(package_dir) / CARD_FILE
+    if not path.is_file():
+        raise PackageError(f"{package_dir} is not a package folder (no {CARD_FILE})")
+    _atomic_write(path, (json.dumps(card.to_dict(), indent=2) + "\n").encode())
+    return path
+
+
 def zip_package(package_dir: str | Path, out_zip: str | Path) -> Path:
     """Zip a package folder: the two files at the archive root, nothing else."""
     src = Path(package_dir)
