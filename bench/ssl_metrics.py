@@ -10,27 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from models.metrics import auroc
+
+__all__ = ["BAND_VOXELS", "UncertaintyStats", "auroc", "boundary_band", "flagged_masks"]
+
 #: Half-width (voxels) of the boundary band in which the per-case entropy AUROC is taken.
 BAND_VOXELS = 3
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (Mann-Whitney U with average
-    ranks for ties), computed with numpy only. NaN when one class is empty."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(positive, dtype=bool).ravel()
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-    ends = np.r_[starts[1:], s.size]  # tie group [start, end) gets the average of ranks start+1 .. end
-    group_rank = (starts + 1 + ends) / 2.0
-    ranks = np.empty(s.size, dtype=np.float64)
-    ranks[order] = np.repeat(group_rank, ends - starts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def flagged_masks(entropy: np.ndarray, regions: list[dict[str, Any]], threshold: float = 0.5
