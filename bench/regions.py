@@ -71,7 +71,8 @@ def main() -> None:
     predictor = Predictor(pkg, "cpu")
     lines = [f"Package `{pkg.card.version}`; means over cases (NaN-free).", "",
              "| set | cases | Dice | band AUROC | wrong voxels / structure | wrong with entropy ≥ 0.5 | "
-             + " | ".join(f"wrong in regions @{t} | regions / structure @{t}" for t in args.thresholds) + " |",
+             + " | ".join(f"wrong in regions @{t} | regions / structure @{t}" for t in args.thresholds)
+             + " |",
              "| --- " * (6 + 2 * len(args.thresholds)) + "|"]
     from models.metrics import dice
 
