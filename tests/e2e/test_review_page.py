@@ -341,3 +341,30 @@ def test_review_page_tells_what_to_do_without_niivue_bundle(stack: LiveStack, ca
     banner = page.locator("#banner")
     banner.wait_for(state="visible")
     assert "make ui" in banner.inner_text()
+
+
+def test_out_of_distribution_case_shows_banner_and_badge(stack: LiveStack, case: dict[str, Any],
+                                                         page: Any) -> None:
+    """A case its model flags as unlike its training data: an OOD badge in the worklist (first in the
+    uncertainty order) and a warning banner when it is opened."""
+    from models.inference.ood import FEATURES, fit_reference
+
+    far = fit_reference([{f: 50.0 + i for f in FEATURES} for i in range(3)])
+    pkg = make_tiny_package(case["tmp"] / "pkg-ood", version="tiny-ui-ood", ood_reference=far)
+    assert "imported" in stack.cli("models", "import", str(pkg)).stdout
+    with stack.client("annotator") as client:
+        r = client.post("/api/v1/cases", files=[("files", ("ood.nii.gz", case["path"].read_bytes()))],
+                        data={"model_version": "tiny-ui-ood"})
+        assert r.status_code == 202, r.text
+        cid = r.json()["case_id"]
+        assert stack.wait_job(client, r.json()["job_id"])["state"] == "succeeded"
+    _sign_in(page, stack)
+    row = page.locator(f"li.case[data-case-id='{cid}']")
+    row.locator(".badge.ood").wait_for()
+    assert page.locator("li.case").first.get_attribute("data-case-id") == cid
+    row.click()
+    page.wait_for_function("window.dualseg.state.ready === true", timeout=120_000)
+    banner = page.locator("#banner")
+    banner.wait_for(state="visible")
+    assert "Out of distribution" in banner.inner_text() and "review the whole volume" in banner.inner_text()
+    assert "warning" in (banner.get_attribute("class") or "")
