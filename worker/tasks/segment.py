@@ -18,6 +18,7 @@ from backend.broker import SEGMENT_TASK
 from backend.config import Settings
 from backend.db import session_scope
 from backend.imaging.errors import ImagingError
+from backend.imaging.min_shape import check_min_shape
 from backend.imaging.nifti import read_nifti
 from backend.imaging.volume import ImageVolume
 from backend.services import artifacts, jobs, registry, results
@@ -87,6 +88,7 @@ def run_segment(
         t1 = time.perf_counter()
         volume = read_nifti(store.path(image_key))
         timings["read"] = time.perf_counter() - t1
+        check_min_shape(volume.shape, volume.affine, card)  # cases stored before the rule, or segment=false
         beat(P_LOADED, "inference", force=True)
         pred = predictor.predict(
             volume.array,
