@@ -113,7 +113,8 @@ def run_segment(
                 _timed,
                 timings,
                 "write_nifti",
-                lambda: results.write_volume_outputs(store, case_id, job_id, out, model_info),
+                lambda: results.write_volume_outputs(store, case_id, job_id, out, model_info,
+                                                     threads=settings.worker_threads or 2),
             )
             dicom = _timed(
                 timings,
@@ -216,7 +217,8 @@ def _write_dicom_outputs(
 
 def register_segment_task(app: Celery, settings: Settings, enqueue: Callable[[str, str, str], None]) -> None:
     store = ArtifactStore(settings.resolved_storage_dir)
-    cache = ModelCache(settings.device, settings.inference_amp, settings.inference_overlap)
+    cache = ModelCache(settings.device, settings.inference_amp, settings.inference_overlap,
+                       threads=settings.worker_threads)
 
     @app.task(
         name=SEGMENT_TASK,
