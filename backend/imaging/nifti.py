@@ -148,4 +148,8 @@ def read_nifti(
             f"{name} contains {bad} NaN or infinite voxel value(s) (or values beyond the float32 range);"
             " fix or mask them first"
         )
-    return ImageVolume(array=np.ascontiguousarray(data, dtype=np.float32), affine=affine, source="nifti")
+    # nibabel returns the voxels in the file's (Fortran) order: kept, a C-order copy would cost a
+    # full-size transpose (the writers and the predictor take either order)
+    if not (data.flags.f_contiguous or data.flags.c_contiguous):
+        data = np.ascontiguousarray(data)
+    return ImageVolume(array=data, affine=affine, source="nifti")

@@ -65,6 +65,15 @@ def check_segmentable(shape: tuple[int, ...] | list[int], affine: Any, card: dic
         raise BadInput(str(exc), details=exc.details) from exc
 
 
+def storage_dtype(array: np.ndarray) -> type[np.int16] | type[np.float32]:
+    """int16 when every voxel is an integer in its range (CT, most MR: lossless, half the bytes to write,
+    store and read back), else float32."""
+    if array.size and float(array.min()) >= -32768 and float(array.max()) <= 32767 \
+            and np.array_equal(array, np.rint(array)):
+        return np.int16
+    return np.float32
+
+
 @dataclass
 class NewCase:
     case: Case
@@ -129,8 +138,9 @@ def create_case(
     case_id = new_id()
     prefix = case_prefix(case_id)
     try:
+        dtype = storage_dtype(volume.array)
         store.write_with(f"{prefix}/{IMAGE_NAME}",
-                         lambda tmp: write_nifti(tmp, volume.array, volume.affine, dtype=np.float32))
+                         lambda tmp: write_nifti(tmp, volume.array, volume.affine, dtype=dtype))
         case = _case_row(case_id, staged, volume, len(keep), identity, deidentified)
         _store_sources(store, str(case.source_key), keep, neutral_names=deidentified)
         case.created_by = created_by
