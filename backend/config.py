@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="inference/training device: auto, cpu, cuda, cuda:N")
     inference_amp: bool = Field(False, description="bf16/fp16 autocast in inference where supported")
     inference_overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
+    worker_threads: int = Field(
+        0, ge=0, le=1024, description="CPU threads of one worker process: torch's intra-op threads for "
+        "inference and the NIfTI writer threads; 0 = torch's default (OMP_NUM_THREADS, else every core; "
+        "two writer threads). The tests run with OMP_NUM_THREADS=1")
     retrain_cron: str = Field("0 2 * * *", description="cron of the scheduled retraining (beat)")
     retrain_after_corrections: int = Field(
         0, ge=0, description="start a run after this many new corrections (0: off)")

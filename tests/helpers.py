@@ -23,6 +23,11 @@ LA_CLASSES = [
      "type": {"code": "82471001", "scheme": "SCT", "meaning": "Left atrium"}, "color": [220, 60, 60]},
 ]
 
+#: the geometry part of a tiny test model's card (what the minimum-shape rule reads)
+TINY_GEOMETRY = {"patch_size": [32, 32, 16],
+                 "preprocessing": {"spacing": [1.0, 1.0, 1.0], "orientation": "RAS",
+                                   "intensity": {"mode": "zscore"}}}
+
 
 def make_tiny_package(out_dir: Path, version: str = "tiny-1", seed: int = 0, width: int = 4,
                       patch: tuple[int, int, int] = (32, 32, 16),

@@ -29,7 +29,12 @@ def resolve_device(name: str) -> str:
 
 
 class ModelCache:
-    def __init__(self, device: str, amp: bool, overlap: float, capacity: int = 1) -> None:
+    def __init__(self, device: str, amp: bool, overlap: float, capacity: int = 1, threads: int = 0) -> None:
+        """``threads`` > 0 sets torch's intra-op thread count of this process (``DUALSEG_WORKER_THREADS``)."""
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.amp = amp
         self.overlap = overlap

@@ -4,6 +4,7 @@ Modules (import the one you need; the DICOM writers pull in highdicom):
 
 * :mod:`.errors` — ``ImagingError`` (a ``ValueError``) and subclasses, mapped to 4xx by the API.
 * :mod:`.volume` — ``ImageVolume`` (``array[i, j, k]`` float32 + 4×4 RAS ``affine``) and ``DicomInfo``.
+* :mod:`.min_shape` — ``check_min_shape``: the smallest volume a model segments (else 422).
 * :mod:`.geometry` — DICOM → RAS affines, voxel↔mm, closest axes, ``same_grid``.
 * :mod:`.nifti` — ``read_nifti`` (validated), ``write_mask_nifti`` / ``write_entropy_nifti``.
 * :mod:`.dicom_series` — ``read_dicom_series``, ``list_series``.
@@ -20,6 +21,7 @@ from backend.imaging.errors import (
     SeriesSummary,
     UnsupportedInput,
     VolumeTooLarge,
+    VolumeTooSmall,
 )
 from backend.imaging.volume import DicomInfo, ImageVolume, SliceRef
 
@@ -34,4 +36,5 @@ __all__ = [
     "SliceRef",
     "UnsupportedInput",
     "VolumeTooLarge",
+    "VolumeTooSmall",
 ]

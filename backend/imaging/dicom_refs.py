@@ -87,14 +87,20 @@ def resolve_source(source: DicomSource) -> SourceFrames:
 
 
 def volume_to_frames(array: npt.ArrayLike, frames: SourceFrames, what: str) -> np.ndarray:
-    """Reorder a volume ``[i, j, k]`` on the source grid into source frames ``(frame, row, column)``."""
+    """Reorder a volume ``[i, j, k]`` on the source grid into source frames ``(frame, row, column)``.
+
+    A Fortran-ordered volume (the predictor's outputs) whose slices are the frames in order is returned
+    as a view, without a copy."""
     arr = np.asarray(array)
     if arr.shape != frames.volume_shape:
         raise ImagingError(
             f"{what} has shape {arr.shape} but the source series grid is {frames.volume_shape}"
             " (columns, rows, slices); outputs must be on the input's own grid"
         )
-    return np.ascontiguousarray(arr.transpose(2, 1, 0)[frames.frame_slices])
+    frames_view = arr.transpose(2, 1, 0)  # (slice, row, column): C-ordered for a Fortran-ordered volume
+    if np.array_equal(frames.frame_slices, np.arange(arr.shape[2])):
+        return np.ascontiguousarray(frames_view)  # frames in slice order: no gather, no copy when possible
+    return np.ascontiguousarray(frames_view[frames.frame_slices])
 
 
 #: Namespace of dualseg's name-based (version 5) UUIDs, for deterministic UIDs.

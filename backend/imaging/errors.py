@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class ImagingError(ValueError):
@@ -38,6 +38,16 @@ class VolumeTooLarge(UnsupportedInput):
 
     code = "volume_too_large"
     status_code = 413
+
+
+class VolumeTooSmall(ImagingError):
+    """The volume is below the minimum shape a 3D model can segment (``backend.imaging.min_shape``)."""
+
+    code = "volume_too_small"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details: dict[str, Any] = dict(details or {})
 
 
 class InconsistentSeries(ImagingError):

@@ -1,4 +1,4 @@
-"""NIfTI-1/2 reading (validated) and writing (mask uint8, entropy float32)."""
+"""NIfTI-1/2 reading (validated); the writers live in :mod:`backend.imaging.nifti_write` (re-exported)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ from nibabel.spatialimages import HeaderDataError, SpatialImage
 
 from backend.imaging.errors import ImagingError, InvalidImage, UnsupportedInput, VolumeTooLarge
 from backend.imaging.geometry import check_affine
+from backend.imaging.nifti_write import (  # noqa: F401 - re-exported: the writers' historical home
+    XFORM_ALIGNED,
+    XFORM_SCANNER,
+    write_entropy_nifti,
+    write_mask_nifti,
+    write_nifti,
+    write_unit_interval_nifti,
+)
 from backend.imaging.volume import ImageVolume
 
 #: Default cap on the number of voxels of an input volume (512 × 512 × 1024).
@@ -22,9 +30,6 @@ DEFAULT_MAX_VOXELS = 512 * 512 * 1024
 #: Largest accepted size of one axis.
 DEFAULT_MAX_DIM = 2048
 
-#: NIfTI xform codes accepted by :func:`write_nifti`.
-XFORM_SCANNER = 1
-XFORM_ALIGNED = 2
 
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, MemoryError)
 
@@ -143,71 +148,8 @@ def read_nifti(
             f"{name} contains {bad} NaN or infinite voxel value(s) (or values beyond the float32 range);"
             " fix or mask them first"
         )
-    return ImageVolume(array=np.ascontiguousarray(data, dtype=np.float32), affine=affine, source="nifti")
-
-
-def write_nifti(
-    path: str | PathLike[str],
-    array: npt.ArrayLike,
-    affine: npt.ArrayLike,
-    *,
-    dtype: npt.DTypeLike,
-    xform_code: int = XFORM_SCANNER,
-    intent: str | None = None,
-) -> None:
-    """Write a 3D array as NIfTI-1 with exactly ``affine`` (sform and, when representable, qform).
-
-    ``xform_code`` is 1 (scanner anatomical) or 2 (aligned anatomical) for both forms. A sheared affine
-    cannot be a qform: then the qform code is 0 and readers use the sform. Units are mm. The file type
-    follows the suffix (``.nii`` or ``.nii.gz``). Atomic replacement is the caller's job.
-    """
-    if xform_code not in (XFORM_SCANNER, XFORM_ALIGNED):
-        raise ValueError(f"xform_code must be 1 (scanner) or 2 (aligned), got {xform_code}")
-    out_dtype = np.dtype(dtype)
-    arr = np.asarray(array)
-    if arr.ndim != 3:
-        raise ImagingError(f"NIfTI output must be 3D, got shape {arr.shape}")
-    aff = check_affine(affine)
-    data = np.ascontiguousarray(arr.astype(out_dtype, copy=False))
-    img = nib.Nifti1Image(data, aff)
-    header = img.header
-    header.set_data_dtype(out_dtype)
-    img.set_sform(aff, code=xform_code)
-    img.set_qform(aff, code=xform_code)
-    if not np.allclose(img.get_qform(), aff, atol=1e-4):
-        img.set_qform(aff, code=0)
-    header.set_xyzt_units(xyz="mm")
-    header["scl_slope"] = 1.0
-    header["scl_inter"] = 0.0
-    if intent is not None:
-        header.set_intent(intent)
-    if data.size:
-        header["cal_min"] = float(data.min())
-        header["cal_max"] = float(data.max())
-    nib.save(img, str(path))
-
-
-def write_mask_nifti(
-    path: str | PathLike[str], mask: npt.ArrayLike, affine: npt.ArrayLike, *, xform_code: int = XFORM_SCANNER
-) -> None:
-    """Write a label mask as uint8 NIfTI (intent ``label``). Values must be integers in 0..255."""
-    arr = np.asarray(mask)
-    if arr.size and (np.issubdtype(arr.dtype, np.floating) and not np.all(np.mod(arr, 1) == 0)):
-        raise ImagingError("mask values must be integers")
-    if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise ImagingError(f"mask values must be in 0..255, got {arr.min()}..{arr.max()}")
-    write_nifti(path, arr, affine, dtype=np.uint8, xform_code=xform_code, intent="label")
-
-
-def write_entropy_nifti(
-    path: str | PathLike[str],
-    entropy: npt.ArrayLike,
-    affine: npt.ArrayLike,
-    *,
-    xform_code: int = XFORM_SCANNER,
-) -> None:
-    """Write an entropy map as float32 NIfTI. Values must be finite."""
-    arr = np.asarray(entropy, dtype=np.float32)
-    if not np.all(np.isfinite(arr)):
-        raise ImagingError("entropy map contains NaN or infinite values")
-    write_nifti(path, arr, affine, dtype=np.float32, xform_code=xform_code)
+    # nibabel returns the voxels in the file's (Fortran) order: kept, a C-order copy would cost a
+    # full-size transpose (the writers and the predictor take either order)
+    if not (data.flags.f_contiguous or data.flags.c_contiguous):
+        data = np.ascontiguousarray(data)
+    return ImageVolume(array=data, affine=affine, source="nifti")

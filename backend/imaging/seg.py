@@ -76,21 +76,25 @@ def parse_classes(classes: Sequence[Mapping[str, Any] | SegmentClass]) -> list[S
     return foreground
 
 
-def _stack_segments(mask: npt.ArrayLike, classes: Sequence[SegmentClass]) -> np.ndarray:
+def _checked_labels(mask: npt.ArrayLike, classes: Sequence[SegmentClass]) -> np.ndarray:
+    """The mask as an array, after checking that it holds only known integer labels."""
     arr = np.asarray(mask)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
             raise ImagingError("the mask must hold integer class labels")
     elif arr.dtype.kind not in "uib":
         raise ImagingError(f"the mask must hold integer class labels, got dtype {arr.dtype}")
-    present = {int(v) for v in np.unique(arr)}
+    if arr.dtype == np.uint8:  # the predictor's masks: a histogram instead of a sort
+        present = {int(v) for v in np.flatnonzero(np.bincount(arr.reshape(-1, order="A"), minlength=1))}
+    else:
+        present = {int(v) for v in np.unique(arr)}
     known = {0} | {c.index for c in classes}
     unknown = sorted(present - known)
     if unknown:
         raise ImagingError(
             f"the mask contains labels {unknown} that are not in the class list {sorted(known)}"
         )
-    return np.stack([arr == c.index for c in classes], axis=-1).astype(np.uint8)
+    return arr
 
 
 def build_seg(
@@ -124,10 +128,8 @@ def build_seg(
     """
     frames = resolve_source(source)
     segments = parse_classes(classes)
-    stacked = _stack_segments(mask, segments)
-    pixel_array = np.stack(
-        [volume_to_frames(stacked[..., s], frames, "mask") for s in range(len(segments))], axis=-1
-    )
+    labels = volume_to_frames(_checked_labels(mask, segments), frames, "mask")  # (frame, row, column)
+    pixel_array = np.stack([labels == c.index for c in segments], axis=-1).astype(np.uint8)
     algorithm = None
     if algorithm_type != "MANUAL":
         algorithm = hd.AlgorithmIdentificationSequence(

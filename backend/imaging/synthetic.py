@@ -82,6 +82,7 @@ def nifti_to_dicom_series(
     patient_name: str = "",
     patient_id: str | None = None,
     manufacturer: str = "dualseg",
+    pixels: bool = True,
 ) -> list[Dataset]:
     """Make an MR (default) or CT image series (one dataset per slice ``k``) on the volume's grid.
 
@@ -89,13 +90,16 @@ def nifti_to_dicom_series(
     ``ds.save_as(path, enforce_file_format=True)``. Patient name is empty unless given; the patient ID,
     unless given, is ``DUALSEG-`` plus 10 hex digits derived from ``uid_seed`` (random without a seed), so
     a PACS does not merge unrelated NIfTI uploads into one empty-ID patient.
+
+    ``pixels=False`` makes the headers only (no PixelData, no window, nominal int16 pixel description):
+    all a SEG or Parametric Map needs of its source, several seconds faster for a CT-sized volume.
     """
     if modality not in SOP_CLASS:
         raise ValueError(f"modality must be 'MR' or 'CT', got {modality!r}")
     iop, pixel_spacing, positions, thickness = _geometry(volume)
-    stored, pixel_rep, slope, intercept = _encode(volume.array)
+    stored, pixel_rep, slope, intercept = _encode(volume.array) if pixels else (None, 1, 1.0, 0.0)
     needs_rescale = modality == "CT" or slope != 1.0 or intercept != 0.0
-    lo, hi = np.percentile(volume.array, [1, 99]) if volume.array.size else (0.0, 1.0)
+    lo, hi = np.percentile(volume.array, [1, 99]) if pixels and volume.array.size else (0.0, 1.0)
     now = datetime.now(UTC)
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     if patient_id is None:
@@ -169,8 +173,9 @@ def nifti_to_dicom_series(
             ds.EchoTime = ""
             ds.EchoTrainLength = ""
             ds.RepetitionTime = ""
-        ds.WindowCenter = _ds(float((lo + hi) / 2))
-        ds.WindowWidth = _ds(max(float(hi - lo), 1e-3))
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+        if stored is not None:
+            ds.WindowCenter = _ds(float((lo + hi) / 2))
+            ds.WindowWidth = _ds(max(float(hi - lo), 1e-3))
+            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
         datasets.append(ds)
     return datasets

@@ -78,7 +78,7 @@ def ingest_files(
             if segment and version is None:
                 raise BadInput("no model is active: import and promote one first (dualseg models import)")
             new = case_service.create_case(session, settings, store, staged, series_uid=series_uid,
-                                           created_by=created_by[:64])
+                                           created_by=created_by[:64], model_version=version)
             new.case.meta = {**(new.case.meta or {}), "pacs": origin}
             job_id = None
             if segment:

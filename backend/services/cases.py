@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session
 
 from backend.config import Settings
 from backend.errors import BadInput, NotFound
-from backend.imaging.errors import ImagingError, MultipleSeriesError
+from backend.imaging.errors import ImagingError, MultipleSeriesError, VolumeTooSmall
+from backend.imaging.min_shape import check_min_shape
 from backend.imaging.nifti import read_nifti, write_nifti
 from backend.imaging.volume import ImageVolume
 from backend.services import identity as identity_service
+from backend.services import registry
 from backend.services.identity import Identity
 from backend.services.uploads import NIFTI_SUFFIXES, StagedUpload
 from backend.storage import ArtifactStore
@@ -49,6 +51,28 @@ def read_staged_volume(staged: StagedUpload, settings: Settings, series_uid: str
         raise BadInput(str(exc), details={"series": [dataclasses.asdict(x) for x in exc.series]}) from exc
     except ImagingError as exc:
         raise BadInput(str(exc)) from exc
+
+
+def model_card(session: Session, version: str | None) -> dict[str, Any] | None:
+    """The card of model ``version`` (None: no model will segment the case)."""
+    return None if version is None else dict(registry.get_version(session, version).card)
+
+
+def check_segmentable(shape: tuple[int, ...] | list[int], affine: Any, card: dict[str, Any] | None) -> None:
+    """The minimum-shape rule (``backend.imaging.min_shape``) as a 422 with the shape and the minimum."""
+    try:
+        check_min_shape(shape, np.asarray(affine, dtype=float), card)
+    except VolumeTooSmall as exc:
+        raise BadInput(str(exc), details=exc.details) from exc
+
+
+def storage_dtype(array: np.ndarray) -> type[np.int16] | type[np.float32]:
+    """int16 when every voxel is an integer in its range (CT, most MR: lossless, half the bytes to write,
+    store and read back), else float32."""
+    if array.size and float(array.min()) >= -32768 and float(array.max()) <= 32767 \
+            and np.array_equal(array, np.rint(array)):
+        return np.int16
+    return np.float32
 
 
 @dataclass
@@ -101,20 +125,23 @@ def _case_row(case_id: str, staged: StagedUpload, volume: ImageVolume, num_files
 
 def create_case(
     session: Session, settings: Settings, store: ArtifactStore, staged: StagedUpload,
-    series_uid: str | None = None, created_by: str | None = None,
+    series_uid: str | None = None, created_by: str | None = None, model_version: str | None = None,
 ) -> NewCase:
-    """Validate, de-identify when ``deidentify_on_ingest`` is on, then store the canonical NIfTI copy and
-    the source files, then add the row (not committed). On any error the case folder is removed, so no
-    half case is left behind."""
+    """Validate (readable, and not below the minimum shape for ``model_version``, the model that will
+    segment it; None = the absolute floor only), de-identify when ``deidentify_on_ingest`` is on, then
+    store the canonical NIfTI copy and the source files, then add the row (not committed). On any error
+    the case folder is removed, so no half case is left behind."""
     volume = read_staged_volume(staged, settings, series_uid)
+    check_segmentable(volume.shape, volume.affine, model_card(session, model_version))
     keep = _kept_files(staged, volume)
     deidentified = settings.deidentify_on_ingest
     identity = identity_service.deidentify_staged(settings, volume, keep) if deidentified else None
     case_id = new_id()
     prefix = case_prefix(case_id)
     try:
+        dtype = storage_dtype(volume.array)
         store.write_with(f"{prefix}/{IMAGE_NAME}",
-                         lambda tmp: write_nifti(tmp, volume.array, volume.affine, dtype=np.float32))
+                         lambda tmp: write_nifti(tmp, volume.array, volume.affine, dtype=dtype))
         case = _case_row(case_id, staged, volume, len(keep), identity, deidentified)
         _store_sources(store, str(case.source_key), keep, neutral_names=deidentified)
         case.created_by = created_by

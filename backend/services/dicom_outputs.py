@@ -38,7 +38,8 @@ def source_for_case(
         return volume.dicom
     if image is None:
         image = read_nifti(store.path(case.image_key), max_voxels=settings.max_voxels)
-    return nifti_to_dicom_series(image, modality="CT" if case.modality == "CT" else "MR", uid_seed=case.id)
+    return nifti_to_dicom_series(image, modality="CT" if case.modality == "CT" else "MR", uid_seed=case.id,
+                                 pixels=False)  # derived objects reference the source; they need no pixels
 
 
 def write_dicom_outputs(

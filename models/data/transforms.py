@@ -112,16 +112,18 @@ def _contiguous(data: ArrayOrTensor) -> ArrayOrTensor:
 
 
 def to_canonical(
-    array: ArrayOrTensor, affine: np.ndarray
+    array: ArrayOrTensor, affine: np.ndarray, contiguous: bool = True
 ) -> tuple[ArrayOrTensor, np.ndarray, OrientationRecord]:
     """Reorient to the closest canonical RAS orientation by axis permutation and flips only.
 
     Args:
         array: ``(..., X, Y, Z)`` numpy array or torch tensor (leading axes are channels, untouched).
         affine: 4x4 voxel-to-RAS affine of ``array``.
+        contiguous: return a C-contiguous array (a copy unless already canonical and contiguous);
+            ``False`` returns a view of ``array`` (numpy) where possible.
 
     Returns:
-        ``(canonical array (..., X', Y', Z') contiguous, canonical affine, record)``. Every voxel keeps its
+        ``(canonical array (..., X', Y', Z'), canonical affine, record)``. Every voxel keeps its
         patient coordinate: ``affine @ v == canonical_affine @ c`` for corresponding indices.
     """
     affine = np.asarray(affine, dtype=np.float64)
@@ -145,7 +147,9 @@ def to_canonical(
     canonical_affine = affine @ t
     lead = array.ndim - 3
     out = _permute(array, list(range(lead)) + [lead + p for p in perm])
-    out = _contiguous(_flip(out, [lead + a for a in range(3) if flips[a]]))
+    out = _flip(out, [lead + a for a in range(3) if flips[a]])
+    if contiguous:
+        out = _contiguous(out)
     record = OrientationRecord(
         perm=(perm[0], perm[1], perm[2]),
         flips=(flips[0], flips[1], flips[2]),
@@ -294,14 +298,14 @@ def preprocess(
         data = data[None]
     if data.ndim != 4:
         raise ValueError(f"volume must be (X, Y, Z) or (C, X, Y, Z), got shape {np.shape(array)}")
-    canon, canon_affine, orient = to_canonical(data, affine)
+    canon, canon_affine, orient = to_canonical(data, affine, contiguous=False)
     target = preprocessing_spec.get("spacing")
     if target is None:
         model_shape = orient.canonical_shape
     else:
         model_shape = resampled_shape(orient.canonical_shape, voxel_spacing(canon_affine), target)
     model_affine = resample_affine(canon_affine, orient.canonical_shape, model_shape)
-    resampled = resample(canon.astype(np.float32, copy=False), model_shape, "trilinear")
+    resampled = _resample_any_layout(canon.astype(np.float32, copy=False), model_shape)
     out = np.empty(resampled.shape, dtype=np.float32)
     stats = []
     for c in range(resampled.shape[0]):
@@ -311,6 +315,18 @@ def preprocess(
         orientation=orient, model_shape=model_shape, model_affine=model_affine, intensity=stats
     )
     return out, record
+
+
+def _resample_any_layout(canon: np.ndarray, model_shape: tuple[int, int, int]) -> np.ndarray:
+    """Trilinear resampling of ``(C, X, Y, Z)`` to ``model_shape`` without a full-size transpose when the
+    spatial axes are stored reversed (a Fortran-ordered volume, as NIfTI readers return): trilinear
+    resampling is separable, so the reversed view is resampled and the small result transposed back
+    (the same values up to float rounding)."""
+    reversed_view = canon.transpose(0, 3, 2, 1)
+    if reversed_view.flags.c_contiguous and tuple(canon.shape[1:]) != tuple(model_shape):
+        small = resample(reversed_view, tuple(reversed(model_shape)), "trilinear")
+        return np.ascontiguousarray(small.transpose(0, 3, 2, 1))
+    return resample(np.ascontiguousarray(canon), model_shape, "trilinear")
 
 
 def preprocess_label(label: np.ndarray, record: PreprocessRecord) -> np.ndarray:

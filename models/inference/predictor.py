@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.data.transforms import PreprocessRecord, from_canonical, preprocess, to_canonical_grid
+from models.data.transforms import OrientationRecord, PreprocessRecord, preprocess, resample
 from models.inference.fuse import fold_batchnorm
 from models.inference.onednn import onednn_available, onednn_graph
 from models.inference.ood import case_features, score_case
@@ -117,6 +117,24 @@ def first_argmax(probs: torch.Tensor) -> torch.Tensor:
         index.masked_fill_(better, c)
         torch.maximum(best, probs[c], out=best)
     return index
+
+
+def _check_model_grid(data: torch.Tensor, record: PreprocessRecord) -> None:
+    if tuple(data.shape[-3:]) != tuple(record.model_shape):
+        raise ValueError(f"probabilities have spatial shape {tuple(data.shape[-3:])}, "
+                         f"expected the model grid {record.model_shape}")
+
+
+def _input_layout(reversed_canonical: torch.Tensor, orient: OrientationRecord) -> np.ndarray:
+    """``(Z', Y', X')`` C-ordered canonical-grid tensor -> ``(X, Y, Z)`` array in the input's orientation,
+    Fortran-ordered (a view when the input is in canonical orientation; one copy otherwise)."""
+    canon = reversed_canonical.cpu().numpy().T  # (X', Y', Z'), F-contiguous view
+    flips = tuple(a for a in range(3) if orient.flips[a])
+    flipped = np.flip(canon, axis=flips) if flips else canon
+    inverse = [0, 0, 0]
+    for a, p in enumerate(orient.perm):
+        inverse[p] = a
+    return np.asfortranarray(np.transpose(flipped, inverse))
 
 
 class Predictor:
@@ -230,21 +248,29 @@ class Predictor:
         self, probs: torch.Tensor, record: PreprocessRecord
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Model-grid probabilities -> (mask uint8, entropy float32, disagreement float32 | None) on the
-        input grid."""
+        input grid, as Fortran-ordered arrays (NIfTI's and the DICOM frames' voxel order).
+
+        The small model-grid probabilities are resampled with their spatial axes reversed, so every
+        full-size array is computed directly in ``(Z, Y, X)`` memory order and no full-size transpose is
+        needed by the writers (trilinear resampling is separable: the same values up to float rounding).
+        """
         k = self.card.num_classes
+        orient = record.orientation
+        reversed_shape = tuple(reversed(orient.canonical_shape))
         with torch.inference_mode():
             if probs.ndim == 5:  # (2, K, ...): resample mean and net A together; p_B = 2 * mean - p_A
                 stacked = torch.cat([probs.mean(dim=0), probs[0]], dim=0)
                 del probs
-                canon = to_canonical_grid(stacked, record, "trilinear")
-                del stacked
             else:
-                canon = to_canonical_grid(probs, record, "trilinear")
+                stacked = probs
+            _check_model_grid(stacked, record)
+            canon = resample(stacked.permute(0, 3, 2, 1), reversed_shape, "trilinear")  # (C, Z, Y, X)
+            del stacked
             shape, device = canon.shape[1:], canon.device
             mask = torch.empty(shape, dtype=torch.uint8, device=device)
             entropy = torch.empty(shape, dtype=torch.float32, device=device)
             disagree = torch.empty(shape, dtype=torch.float32, device=device) if canon.shape[0] > k else None
-            # slabs along the first axis bound the temporaries (argmax indices are int64)
+            # slabs along the first axis bound the temporaries
             step = max(1, _SLAB_VOXELS // max(1, shape[1] * shape[2]))
             for start in range(0, shape[0], step):
                 sl = slice(start, start + step)
@@ -256,10 +282,9 @@ class Predictor:
                     p_b = 2.0 * mean - p_a
                     disagree[sl] = (first_argmax(p_a) != first_argmax(p_b)).to(torch.float32)
             del canon
-        orient = record.orientation
-        mask_np = from_canonical(mask.cpu().numpy(), orient)
-        entropy_np = from_canonical(entropy.cpu().numpy(), orient)
-        disagree_np = None if disagree is None else from_canonical(disagree.cpu().numpy(), orient)
+        mask_np = _input_layout(mask, orient)
+        entropy_np = _input_layout(entropy, orient)
+        disagree_np = None if disagree is None else _input_layout(disagree, orient)
         return mask_np, entropy_np, disagree_np
 
     def predict(

@@ -4,7 +4,7 @@ The result is the clinician's "go to" list (docs/contracts.md, region dict). Con
 
 - components use 26-connectivity on ``entropy >= threshold``;
 - ``entropy_mass`` = sum of the entropy over the component's voxels; ranking is by mass, descending
-  (ties: larger ``voxel_count``, then position in the array);
+  (ties: larger ``voxel_count``, then position in the array's memory order);
 - ``centroid_voxel`` is the unweighted mean voxel index of the component; ``centroid_mm`` its RAS image;
 - ``bbox_voxel`` is inclusive; ``bbox_mm`` is the per-axis min / max over the RAS images of the 8 corner
   voxel *centres* of ``bbox_voxel``;
@@ -60,6 +60,14 @@ def extract_regions(
         raise ValueError(f"mask shape {np.shape(mask)} != entropy shape {entropy.shape}")
     if max_regions <= 0:
         return []
+    # A Fortran-ordered map (the predictor's) is processed as its C-ordered transpose, axes reversed back
+    # at the end: scipy's labelling and numpy's masked reads walk memory in C order
+    reverse = entropy.flags.f_contiguous and not entropy.flags.c_contiguous
+    if reverse:
+        entropy = entropy.T
+        mask = None if mask is None else np.asarray(mask).T
+    elif mask is not None:
+        mask = np.asarray(mask)
     # label only the bounding box of the uncertain voxels (usually a small part of the volume); raster
     # order, and so the label numbering, is the same as in the whole array
     uncertain = entropy >= threshold
@@ -70,7 +78,7 @@ def extract_regions(
     base = np.array([sl.start for sl in crop], dtype=np.int64)
     uncertain, entropy = uncertain[crop], entropy[crop]
     if mask is not None:
-        mask = np.asarray(mask)[crop]
+        mask = mask[crop]
     labels, count = ndimage.label(uncertain, structure=_STRUCTURE_26)
     voxel_labels = labels[uncertain]  # only the labelled voxels, in raster order
     sizes = np.bincount(voxel_labels, minlength=count + 1)[1:]
@@ -94,6 +102,8 @@ def extract_regions(
         hi = np.array([s.stop - 1 for s in box], dtype=np.int64) + base
         coords = np.nonzero(inside)
         centroid = np.array([c.mean() for c in coords]) + lo
+        if reverse:
+            lo, hi, centroid = lo[::-1], hi[::-1], centroid[::-1]
         corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))), dtype=np.float64)
         corners_mm = _to_mm(affine, corners)
         n_vox = int(sizes[lab - 1])

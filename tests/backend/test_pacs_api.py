@@ -16,7 +16,7 @@ from backend.pacs import pulls
 from backend.security import create_token
 from backend.storage import ArtifactStore
 from backend.tables import Case, Job, ModelState, ModelVersion, Role
-from tests.helpers import LA_CLASSES
+from tests.helpers import LA_CLASSES, TINY_GEOMETRY
 
 STUDY, SERIES = "1.2.826.0.1.3680043.8.498.7", "1.2.826.0.1.3680043.8.498.8"
 
@@ -34,7 +34,7 @@ def _app(tmp_path: Path, **kw: object) -> tuple[TestClient, Settings]:
 def _model(s: Settings) -> None:
     with session_scope(s.resolved_database_url) as session:
         session.add(ModelVersion(version="m1", state=ModelState.active, path="/nonexistent", content_hash="0",
-                                 card={"classes": LA_CLASSES}))
+                                 card={**TINY_GEOMETRY, "classes": LA_CLASSES}))
 
 
 @pytest.fixture

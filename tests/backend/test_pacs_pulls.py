@@ -21,7 +21,7 @@ from backend.pacs.client import PacsNotConfigured, PacsUnavailable
 from backend.pacs.names import PULL_TASK, PUSH_TASK
 from backend.storage import ArtifactStore
 from backend.tables import Case, Job, ModelState, ModelVersion
-from tests.helpers import LA_CLASSES, blob_volume, oblique_affine, write_dicom_series
+from tests.helpers import LA_CLASSES, TINY_GEOMETRY, blob_volume, oblique_affine, write_dicom_series
 
 STUDY, SERIES = "1.2.826.0.1.3680043.8.498.100", "1.2.826.0.1.3680043.8.498.101"
 
@@ -42,7 +42,8 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, Arti
     run_migrations(s.resolved_database_url)
     with session_scope(s.resolved_database_url) as session:
         session.add(ModelVersion(version="m1", state=ModelState.active, path=str(tmp_path), content_hash="0",
-                                 card={"classes": LA_CLASSES, "architecture": {"num_classes": 2}}))
+                                 card={**TINY_GEOMETRY, "classes": LA_CLASSES,
+                                       "architecture": {"num_classes": 2}}))
     monkeypatch.setattr("time.sleep", lambda _s: None)  # retry back-off
     return s, ArtifactStore(s.resolved_storage_dir)
 
@@ -295,3 +296,23 @@ def test_case_for_seg(ctx: tuple[Settings, ArtifactStore]) -> None:
     cid = _case(s, None)
     with session_scope(s.resolved_database_url) as session:
         assert imports.case_for_seg(session, ds).id == cid
+
+
+def test_pull_of_a_degenerate_series_fails_with_the_minimum(ctx: tuple[Settings, ArtifactStore],
+                                                            tmp_path: Path) -> None:
+    s, store = ctx
+    image, _ = blob_volume((20, 18, 2), seed=1)  # two slices
+    write_dicom_series(tmp_path / "thin", image, oblique_affine(), modality="CT", series_uid=SERIES,
+                       study_uid=STUDY)
+    rec = pulls.create(store, s, STUDY, SERIES, model_version="m1", requested_by="tester")
+    sent = Sent()
+    assert pulls.carry_out(s, store, rec.id, sent, FakeClient(tmp_path / "thin")) == "failed"
+    done = pulls.load(store, rec.id)
+    assert done is not None and done.state == "failed" and done.case_id is None
+    assert "20x18x2 voxels" in (done.error or "") and "at least 4 voxels and 8 mm" in (done.error or "")
+    assert sent.calls == []
+    with session_scope(s.resolved_database_url) as session:
+        assert session.query(Case).count() == 0 and session.query(Job).count() == 0
+    assert not list((s.resolved_storage_dir / ".incoming").iterdir())
+    cases = s.resolved_storage_dir / "cases"
+    assert not cases.exists() or not any(cases.iterdir())

@@ -16,7 +16,14 @@ from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
 from backend.tables import Case, ModelState, ModelVersion
-from tests.helpers import LA_CLASSES, blob_volume, free_port, oblique_affine, write_dicom_series
+from tests.helpers import (
+    LA_CLASSES,
+    TINY_GEOMETRY,
+    blob_volume,
+    free_port,
+    oblique_affine,
+    write_dicom_series,
+)
 from worker.scp import Spool, StoreScp, allowed_calling_aes
 
 
@@ -30,7 +37,7 @@ def settings(tmp_path: Path) -> Settings:
     run_migrations(s.resolved_database_url)
     with session_scope(s.resolved_database_url) as session:
         session.add(ModelVersion(version="m1", state=ModelState.active, path=str(tmp_path), content_hash="0",
-                                 card={"classes": LA_CLASSES}))
+                                 card={**TINY_GEOMETRY, "classes": LA_CLASSES}))
     return s
 
 
@@ -157,3 +164,26 @@ def test_a_series_is_not_stable_while_its_association_is_open(settings: Settings
     with session_scope(settings.resolved_database_url) as session:
         assert [c.num_files for c in session.query(Case).all()] == [4]
     assert running.scp.receiving() == set()
+
+
+def test_a_degenerate_series_is_set_aside_with_the_minimum(settings: Settings, tmp_path: Path) -> None:
+    """The listener's series intake applies the minimum shape (here the tiny model's: 8x8x4 voxels)."""
+    from backend.storage import ArtifactStore
+
+    image, _ = blob_volume((40, 36, 3), seed=4)  # three slices of 2 mm: below the 4-voxel floor
+    files = write_dicom_series(tmp_path / "s", image, oblique_affine(), modality="CT")
+    sent: list[tuple[str, str, str]] = []
+    scp = StoreScp(settings, ArtifactStore(settings.resolved_storage_dir),
+                   send=lambda t, j, q: sent.append((t, j, q)))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        scp.spool.add(f.read_bytes(), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), {"origin": "scp"})
+    assert scp.ingest_stable(now=time.time() + 60) == [] and sent == []
+    folders = list((settings.data_path / "scp/failed").iterdir())
+    reason = (folders[0] / "reason.txt").read_text()
+    assert len(folders) == 1 and "40x36x3 voxels" in reason and "at least 4 voxels and 8 mm" in reason
+    assert len(list(folders[0].glob("*.dcm"))) == 3
+    assert list((settings.data_path / "scp/series").iterdir()) == []
+    with session_scope(settings.resolved_database_url) as session:
+        assert session.query(Case).count() == 0
+    assert not any((settings.resolved_storage_dir / ".incoming").iterdir())

@@ -102,3 +102,22 @@ def test_input_validation() -> None:
         extract_regions(np.zeros((4, 4, 4)), np.eye(3))
     with pytest.raises(ValueError):
         extract_regions(np.zeros((4, 4, 4)), np.eye(4), mask=np.zeros((4, 4, 3)))
+
+
+def test_fortran_ordered_maps_give_the_same_regions() -> None:
+    """The predictor hands Fortran-ordered maps; they are labelled as their transpose, axes reversed back."""
+    rng = np.random.default_rng(7)
+    entropy = np.clip(np.abs(rng.normal(0, 0.35, (23, 17, 11))), 0, 1).astype(np.float32)
+    mask = (entropy > 0.3).astype(np.uint8) + (entropy > 0.8)
+    affine = np.array([[0.9, 0.1, 0, -5], [0, 1.1, 0.2, 3], [0.1, 0, 2.0, 7], [0, 0, 0, 1]])
+    c_order = extract_regions(entropy, affine, min_voxels=2, max_regions=50, mask=mask)
+    f_order = extract_regions(np.asfortranarray(entropy), affine, min_voxels=2, max_regions=50,
+                              mask=np.asfortranarray(mask))
+    assert len(c_order) > 5
+
+    def key(r: dict) -> tuple:  # type: ignore[type-arg]
+        return (r["voxel_count"], round(r["entropy_mass"], 5), r["bbox_voxel"]["min"], r["bbox_voxel"]["max"],
+                r["slice_range"], r["labels"], [round(v, 6) for v in r["centroid_mm"]],
+                [round(v, 6) for v in r["bbox_mm"]["min"] + r["bbox_mm"]["max"]])
+
+    assert sorted(map(key, f_order)) == sorted(map(key, c_order))

@@ -248,3 +248,18 @@ def test_preprocess_and_inverse() -> None:
     x2, _ = preprocess(np.stack([vol, 10 * vol]), aff, spec)
     assert x2.shape[0] == 2
     np.testing.assert_allclose(x2[0], x2[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_preprocess_of_a_fortran_ordered_volume_matches_c_order(flip: bool) -> None:
+    """NIfTI readers return Fortran-ordered voxels: resampled as the reversed view, same values."""
+    rng = np.random.default_rng(4)
+    image = rng.normal(100, 20, (30, 26, 14)).astype(np.float32)
+    affine = np.diag([0.7, 0.9, 1.5, 1.0])
+    if flip:
+        affine[0, 0] = -0.7  # canonical orientation flips axis 0
+    spec = {"spacing": [2.0, 1.5, 1.0], "orientation": "RAS", "intensity": {"mode": "zscore"}}
+    c_out, c_rec = preprocess(image, affine, spec)
+    f_out, f_rec = preprocess(np.asfortranarray(image), affine, spec)
+    assert f_out.shape == c_out.shape and f_out.flags.c_contiguous and f_rec.model_shape == c_rec.model_shape
+    np.testing.assert_allclose(f_out, c_out, rtol=0, atol=1e-5)

@@ -19,6 +19,7 @@ from backend.broker import SEGMENT_TASK
 from backend.config import Settings
 from backend.db import session_scope
 from backend.imaging.errors import ImagingError
+from backend.imaging.min_shape import check_min_shape
 from backend.imaging.nifti import read_nifti
 from backend.imaging.volume import ImageVolume
 from backend.services import artifacts, jobs, registry, results
@@ -94,6 +95,7 @@ def run_segment(
         t1 = time.perf_counter()
         volume = read_nifti(store.path(image_key))
         timings["read"] = time.perf_counter() - t1
+        check_min_shape(volume.shape, volume.affine, card)  # cases stored before the rule, or segment=false
         beat(P_LOADED, "inference", force=True)
         pred = predictor.predict(
             volume.array,
@@ -119,7 +121,8 @@ def run_segment(
                 _timed,
                 timings,
                 "write_nifti",
-                lambda: results.write_volume_outputs(store, case_id, job_id, out, model_info),
+                lambda: results.write_volume_outputs(store, case_id, job_id, out, model_info,
+                                                     threads=settings.worker_threads or 2),
             )
             dicom = _timed(
                 timings,
@@ -231,7 +234,8 @@ def _write_dicom_outputs(
 
 def register_segment_task(app: Celery, settings: Settings, enqueue: Callable[[str, str, str], None]) -> None:
     store = ArtifactStore(settings.resolved_storage_dir)
-    cache = ModelCache(settings.device, settings.inference_amp, settings.inference_overlap)
+    cache = ModelCache(settings.device, settings.inference_amp, settings.inference_overlap,
+                       threads=settings.worker_threads)
 
     @app.task(
         name=SEGMENT_TASK,

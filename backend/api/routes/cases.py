@@ -39,7 +39,7 @@ def _resolve_model(session: SessionDep, version: str | None) -> str | None:
     "", status_code=status.HTTP_202_ACCEPTED, response_model=CaseCreated, dependencies=ANNOTATOR,
     summary="Upload a volume (NIfTI, DICOM files, or a zip of a series/study) and queue its segmentation",
     responses={413: {"description": "upload too large"},
-               422: {"description": "invalid or unsupported input"}},
+               422: {"description": "invalid or unsupported input, or a volume below the minimum shape"}},
 )
 def create_case(
     request: Request,
@@ -64,7 +64,8 @@ def create_case(
     try:
         staged = stage_files([(f.filename, f.file) for f in files], folder, settings.max_upload_bytes,
                              settings.max_upload_files)
-        new = case_service.create_case(session, settings, store, staged, series_uid=series_uid)
+        new = case_service.create_case(session, settings, store, staged, series_uid=series_uid,
+                                       model_version=version)
         job = None
         if segment:
             job = jobs.create_job(session, new.case, settings.queue_inference, settings.job_max_attempts,
@@ -134,6 +135,7 @@ def resegment(case_id: str, request: Request, session: SessionDep, settings: Set
     version = _resolve_model(session, body.model_version if body else None)
     if version is None:
         raise BadInput("no model is active: import and promote one first (dualseg models import)")
+    case_service.check_segmentable(case.shape, case.affine, case_service.model_card(session, version))
     job = jobs.create_job(session, case, settings.queue_inference, settings.job_max_attempts,
                           model_version=version)
     jobs.mark_enqueued(session, job.id)

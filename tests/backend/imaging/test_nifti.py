@@ -135,9 +135,9 @@ def test_write_mask_and_entropy_exact_affine(tmp_path: Path) -> None:
     write_entropy_nifti(tmp_path / "entropy.nii.gz", entropy, AFFINE, xform_code=2)
     m = _load(tmp_path / "mask.nii.gz")
     e = _load(tmp_path / "entropy.nii.gz")
-    assert m.get_data_dtype() == np.uint8 and e.get_data_dtype() == np.float32
+    assert m.get_data_dtype() == np.uint8 and e.get_data_dtype() == np.int16  # scaled to [0, 1]
     np.testing.assert_array_equal(np.asarray(m.dataobj), mask)
-    np.testing.assert_array_equal(np.asarray(e.dataobj), entropy)
+    np.testing.assert_allclose(np.asarray(e.dataobj), entropy, rtol=0, atol=1.6e-5)
     for img, code in ((m, 1), (e, 2)):
         sform, scode = img.get_sform(coded=True)
         qform, qcode = img.get_qform(coded=True)
@@ -146,7 +146,7 @@ def test_write_mask_and_entropy_exact_affine(tmp_path: Path) -> None:
         np.testing.assert_allclose(qform, AFFINE, atol=1e-5)
     assert m.header.get_intent()[0] == "label"
     # the reader accepts what the writer wrote
-    np.testing.assert_allclose(read_nifti(tmp_path / "entropy.nii.gz").array, entropy)
+    np.testing.assert_allclose(read_nifti(tmp_path / "entropy.nii.gz").array, entropy, rtol=0, atol=1.6e-5)
 
 
 def test_write_sheared_affine_keeps_sform(tmp_path: Path) -> None:
