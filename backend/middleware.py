@@ -138,7 +138,7 @@ class RequestContextMiddleware:
         given = Headers(scope=scope).get("x-request-id", "")
         rid = given if _VALID_ID.match(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(rid)
-        is_api = scope["path"].startswith("/api/")
+        is_api = scope["path"].startswith(GUARDED)
         rid_header = (b"x-request-id", rid.encode())
 
         async def send_with_headers(message: Message) -> None:

@@ -63,6 +63,13 @@ def test_infer_waits_bounded_then_504(env: Env) -> None:
     r = client.post("/monailabel/infer/dualseg_uncertainty", params={"image": case_id},
                     headers=h["annotator"])
     assert r.status_code == 504 and case["latest_job"]["job_id"] in r.json()["detail"]
+    # MONAI Label's "infer on a file": the file becomes a case (one intake), its job is waited for
+    total = client.get("/monailabel/datastore/", headers=h["viewer"]).json()["total"]
+    src = tmp / "vol-wait.nii.gz"
+    r = client.post("/monailabel/infer/dualseg", headers=h["annotator"], data={"params": "{}"},
+                    files={"file": (src.name, src.read_bytes())})
+    assert r.status_code == 504 and "still queued" in r.json()["detail"]
+    assert client.get("/monailabel/datastore/", headers=h["viewer"]).json()["total"] == total + 1
 
 
 def test_bad_input_is_4xx_in_monailabel_shape_and_changes_nothing(
