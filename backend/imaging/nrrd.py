@@ -34,12 +34,24 @@ def write_nrrd(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
-def read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(array[i, j, k], RAS affine) of a 3-D NRRD; ImagingError when it is unreadable or not 3-D."""
+def read_nrrd(path: Path, max_voxels: int = 512**3) -> tuple[np.ndarray, np.ndarray]:
+    """(array[i, j, k], RAS affine) of a 3-D NRRD; ImagingError when it is unreadable, not 3-D, larger
+    than ``max_voxels`` or has a detached data file (a header must never make the server read another
+    file)."""
     import nrrd
 
     try:
+        with open(path, "rb") as f:
+            first = nrrd.read_header(f)
+        if any(k.replace(" ", "").lower() == "datafile" for k in first):
+            raise ImagingError("detached NRRD data files are not accepted; send one attached .nrrd file")
+        sizes = [int(n) for n in first.get("sizes", [])]
+        if len(sizes) != 3 or min(sizes) < 1 or int(np.prod(sizes)) > max_voxels:
+            raise ImagingError(f"the NRRD volume has sizes {sizes}; a 3-D label map of at most "
+                               f"{max_voxels} voxels is needed")
         data, header = nrrd.read(str(path), index_order="F")
+    except ImagingError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
         raise ImagingError(f"not a readable NRRD file ({type(exc).__name__}: {exc})") from exc
     if data.ndim != 3:

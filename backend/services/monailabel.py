@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import case as sql_case
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend import __version__
@@ -109,8 +109,8 @@ def upload(session: Session, settings: Settings, store: ArtifactStore, image: st
 
 
 def datastore_stats(session: Session) -> dict[str, Any]:
-    total = len(session.scalars(select(Case.id)).all())
-    completed = len(set(session.scalars(select(Correction.case_id)).all()))
+    total = int(session.scalar(select(func.count()).select_from(Case)) or 0)
+    completed = int(session.scalar(select(func.count(func.distinct(Correction.case_id)))) or 0)
     return {"total": total, "completed": completed, "label_tags": {"final": completed}}
 
 
@@ -170,7 +170,7 @@ def wait_for_job(settings: Settings, job_id: str, timeout_s: float, poll_s: floa
             raise BadInput(f"the segmentation job {job_id} {state.value}: {error or 'no reason recorded'}")
         if time.monotonic() >= deadline:
             raise InferTimeout(f"the segmentation job {job_id} is still {state.value} "
-                               f"(progress {progress:.0f} %) after {timeout_s:.0f} s; ask again later "
+                               f"(progress {progress or 0:.0f} %) after {timeout_s:.0f} s; ask again later "
                                "with the same image (the job keeps running)")
         time.sleep(poll_s)
 
@@ -247,7 +247,8 @@ def start_training(session: Session, model: str, params: dict[str, Any]) -> Trai
     """POST /train/{model}: a retraining run (409 while one runs); ``params`` may carry ``iterations``."""
     if model not in (SEGMENTATION, ""):
         raise NotFound(f"trainer {model} does not exist; trainers: ['{SEGMENTATION}']")
-    iterations = params.get(SEGMENTATION, params).get("iterations") if isinstance(params, dict) else None
+    own = params.get(SEGMENTATION, params)
+    iterations = own.get("iterations") if isinstance(own, dict) else None
     if iterations is not None and (not isinstance(iterations, int) or not 1 <= iterations <= 1_000_000):
         raise BadInput("'iterations' must be an integer in 1..1000000")
     return training.create_run(session, "monailabel", None, {}, iterations)

@@ -144,8 +144,17 @@ def test_nrrd_keeps_the_grid(tmp_path: Path) -> None:
     assert header["space"] == "left-posterior-superior" and header["type"] == "uint8"
     # LPS: x and y flip sign against the RAS affine
     assert np.allclose(header["space origin"], affine[:3, 3] * np.array([-1, -1, 1]))
-    (tmp_path / "bad.nrrd").write_bytes(b"NRRD0004\ntype: nonsense\n\n")
+    (tmp_path / "bad.nrrd").write_bytes(b"not an nrrd file")
     from backend.imaging.errors import ImagingError
 
     with pytest.raises(ImagingError, match="not a readable NRRD"):
         read_nrrd(tmp_path / "bad.nrrd")
+    # a header must never make the server read another file, nor allocate an absurd volume
+    (tmp_path / "detached.nrrd").write_bytes(b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\n"
+                                             b"encoding: raw\ndata file: /etc/hostname\n\n")
+    with pytest.raises(ImagingError, match="detached"):
+        read_nrrd(tmp_path / "detached.nrrd")
+    (tmp_path / "huge.nrrd").write_bytes(b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 9000 9000 9000\n"
+                                         b"encoding: raw\n\n")
+    with pytest.raises(ImagingError, match="at most 1000 voxels"):
+        read_nrrd(tmp_path / "huge.nrrd", max_voxels=1000)

@@ -137,7 +137,7 @@ def save_label(session: SessionDep, settings: SettingsDep, store: StoreDep, cele
         copy_stream(label.file, path, settings.max_upload_bytes, hashlib.sha256())
         if name.lower().endswith(".nrrd"):
             try:
-                data, affine = read_nrrd(path)
+                data, affine = read_nrrd(path, max_voxels=settings.max_voxels)
             except ImagingError as exc:
                 raise BadInput(str(exc)) from exc
             path = folder / "label.nii.gz"
