@@ -17,10 +17,12 @@ setup: $(STAMP)
 	else echo "setup: npm not found, skipping 'make ui': the review page needs the NiiVue bundle (install Node.js + npm, then run 'make ui')"; fi
 
 # torch is pinned (==2.13.0) in pyproject.toml, in the same install as monai: without the pin pip
-# would resolve a multi-GB CUDA build. pip + venv on purpose (not uv/poetry).
+# would resolve a multi-GB CUDA build. pip + venv on purpose (not uv/poetry). MONAI Label's client
+# (tests/e2e/test_monailabel.py) comes without its dependencies: they would pull torch extras.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps monailabel==0.8.5  # see pyproject.toml
 	@touch $(STAMP)
 
 # The review page's only dependency: NiiVue, pinned in backend/ui/package.json + package-lock.json

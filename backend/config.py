@@ -53,6 +53,8 @@ class Settings(BaseSettings):
         "of the jobs and training runs it holds); at most a third of job_lease_s and training_lease_s")
     job_queued_grace_s: int = Field(600, gt=0, description="a job queued this long is re-sent to the broker")
     job_max_attempts: int = Field(3, ge=1, description="attempts before a job is marked failed")
+    monailabel_infer_wait_s: int = Field(
+        300, gt=0, le=3600, description="how long MONAI Label's POST /infer waits for the segmentation job")
     sweep_interval_s: int = Field(60, gt=0, description="period of the stuck-job sweeper (beat)")
     device: str = Field("auto", description="inference/training device: auto, cpu, cuda, cuda:N")
     inference_amp: bool = Field(False, description="bf16/fp16 autocast in inference where supported")

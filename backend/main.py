@@ -22,7 +22,12 @@ from backend import __version__
 from backend.api.routes import health
 from backend.config import Settings, get_settings
 from backend.errors import DomainError
-from backend.middleware import EarlyGuardMiddleware, RequestContextMiddleware, install_log_context
+from backend.middleware import (
+    MONAILABEL_PREFIX,
+    EarlyGuardMiddleware,
+    RequestContextMiddleware,
+    install_log_context,
+)
 
 log = logging.getLogger("dualseg.api")
 
@@ -30,7 +35,10 @@ UI_DIR = Path(__file__).resolve().parent / "ui"
 NIIVUE_DIST = UI_DIR / "node_modules" / "@niivue" / "niivue" / "dist"
 
 
-def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+def _error(status: int, code: str, message: str, details: Any = None, path: str = "") -> JSONResponse:
+    """dualseg's error body; under /monailabel MONAI Label's own (FastAPI's ``{"detail": …}``)."""
+    if path.startswith(MONAILABEL_PREFIX):
+        return JSONResponse({"detail": details if code == "invalid_request" else message}, status_code=status)
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
     if details is not None:
         body["error"]["details"] = details
@@ -67,20 +75,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
 
     @app.exception_handler(DomainError)
-    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.details)
+    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.details, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()
         ]
-        return _error(422, "invalid_request", "the request is not valid", details)
+        return _error(422, "invalid_request", "the request is not valid", details, request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-        resp = _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        resp = _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
+                      path=request.url.path)
         if exc.headers:
             resp.headers.update(exc.headers)
         return resp

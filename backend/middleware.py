@@ -1,6 +1,6 @@
 """ASGI middleware of the API: request IDs (and their place in every log line), security headers,
 and the early guard that refuses unauthenticated, under-privileged or oversized requests *before*
-their body is read.
+their body is read (under /api/ and the MONAI Label protocol's /monailabel/).
 
 FastAPI parses a multipart body (spooling every file to disk) before any dependency runs, so the
 role check of ``require_role`` alone would let anyone make the server read and store gigabytes. The
@@ -36,6 +36,10 @@ log = logging.getLogger("dualseg.api")
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("dualseg_request_id", default="-")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MONAILABEL_PREFIX = "/monailabel/"
+GUARDED = ("/api/", MONAILABEL_PREFIX)  # the early guard's paths
+# MONAI Label clients read FastAPI's {"detail": …}: the shape of this request's early answers
+_DETAIL_SHAPE: contextvars.ContextVar[bool] = contextvars.ContextVar("dualseg_detail_shape", default=False)
 BODY_SLACK = 1024 * 1024  # multipart framing around the files
 SECURITY_HEADERS = (  # added to every answer that does not set them itself
     (b"x-content-type-options", b"nosniff"),
@@ -93,7 +97,8 @@ def install_log_context(level: str = "INFO") -> None:
 def _json(
     status: int, code: str, message: str, extra: list[tuple[bytes, bytes]] | None = None
 ) -> tuple[Message, Message]:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    shape = {"detail": message} if _DETAIL_SHAPE.get() else {"error": {"code": code, "message": message}}
+    body = json.dumps(shape).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -133,7 +138,7 @@ class RequestContextMiddleware:
         given = Headers(scope=scope).get("x-request-id", "")
         rid = given if _VALID_ID.match(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(rid)
-        is_api = scope["path"].startswith("/api/")
+        is_api = scope["path"].startswith(GUARDED)
         rid_header = (b"x-request-id", rid.encode())
 
         async def send_with_headers(message: Message) -> None:
@@ -215,9 +220,10 @@ class EarlyGuardMiddleware:
             return resolve_principal(session, self.settings, token, oidc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        if scope["type"] != "http" or not scope["path"].startswith(GUARDED):
             await self.app(scope, receive, send)
             return
+        _DETAIL_SHAPE.set(scope["path"].startswith(MONAILABEL_PREFIX))
         headers = Headers(scope=scope)
         mutating = scope["method"] in MUTATING
         needed: Role | None = None

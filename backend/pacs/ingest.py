@@ -1,8 +1,8 @@
 """Files of one series on disk (pulled by WADO-RS or received by C-STORE) → case + queued job.
 
-The same code path as an HTTP upload: ``uploads.stage_files`` (limits, hashing, private folder), then
-``cases.create_case`` (reads and validates the whole series before any row exists), then
-``jobs.create_job``, committed before the caller sends the task. A case therefore appears only when
+The same code path as an HTTP upload, ``services.intake``: staging (limits, hashing, private folder),
+``cases.create_case`` (reads and validates the whole series before any row exists), then the job,
+committed before the caller sends the task. A case therefore appears only when
 its files are complete and valid; a failed ingest leaves nothing behind.
 """
 
@@ -22,9 +22,7 @@ from backend.config import Settings
 from backend.db import session_scope
 from backend.errors import BadInput
 from backend.pacs.names import NON_IMAGE_SOP_CLASSES
-from backend.services import cases as case_service
-from backend.services import jobs, registry
-from backend.services.uploads import discard, stage_files
+from backend.services.intake import intake
 from backend.storage import ArtifactStore
 from backend.tables import Case
 
@@ -36,14 +34,6 @@ class Ingested:
     case_id: str
     job_id: str | None
     queue: str
-
-
-def resolve_model(session: Session, version: str | None) -> str | None:
-    """The requested model version (must exist) or the active one (None when nothing is active)."""
-    if version:
-        return registry.get_version(session, version).version
-    active = registry.active_version(session)
-    return active.version if active else None
 
 
 def check_image_series(files: list[Path]) -> None:
@@ -67,28 +57,13 @@ def ingest_files(
     if not files:
         raise BadInput("no instance was received for this series")
     check_image_series(files)
-    folder = store.tmp_dir()
-    try:
-        with ExitStack() as stack:
-            items: list[tuple[str | None, BinaryIO]] = [(p.name, stack.enter_context(open(p, "rb")))
-                                                        for p in files]
-            staged = stage_files(items, folder, settings.max_upload_bytes, settings.max_upload_files)
+    with ExitStack() as stack:
+        items: list[tuple[str | None, BinaryIO]] = [(p.name, stack.enter_context(open(p, "rb")))
+                                                    for p in files]
         with session_scope(settings.resolved_database_url) as session:
-            version = resolve_model(session, model_version) if segment else None
-            if segment and version is None:
-                raise BadInput("no model is active: import and promote one first (dualseg models import)")
-            new = case_service.create_case(session, settings, store, staged, series_uid=series_uid,
-                                           created_by=created_by[:64], model_version=version)
-            new.case.meta = {**(new.case.meta or {}), "pacs": origin}
-            job_id = None
-            if segment:
-                job = jobs.create_job(session, new.case, settings.queue_inference, settings.job_max_attempts,
-                                      model_version=version)
-                jobs.mark_enqueued(session, job.id)
-                job_id = job.id
-            case_id = new.case.id
-    finally:
-        discard(folder)
+            new = intake(session, settings, store, items, series_uid=series_uid, segment=segment,
+                         model_version=model_version, created_by=created_by[:64], meta={"pacs": origin})
+            case_id, job_id = new.case.id, new.job.id if new.job else None
     log.info("PACS series ingested as case %s (job %s, origin %s)", case_id, job_id, origin.get("origin"))
     return Ingested(case_id=case_id, job_id=job_id, queue=settings.queue_inference)
 

@@ -1,4 +1,4 @@
-"""Every /api route × every role, table-driven.
+"""Every /api and /monailabel route × every role, table-driven.
 
 The routes come from the app itself, so a new route is covered automatically; the expected minimum
 role comes from ROLE_TABLE, and the test fails when a route is missing from it (add the route there
@@ -63,8 +63,24 @@ ROLE_TABLE: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/tokens"): ADM,
     ("DELETE", "/api/v1/tokens/{token_id}"): ADM,
     ("GET", "/api/v1/audit"): ADM,
+    # the MONAI Label protocol (3D Slicer): the same roles as the /api/v1 routes it maps onto
+    ("GET", "/monailabel/info/"): V,
+    ("GET", "/monailabel/auth/token/valid"): V,
+    ("PUT", "/monailabel/datastore/"): A,
+    ("GET", "/monailabel/datastore/"): V,
+    ("GET", "/monailabel/datastore/image"): V,
+    ("PUT", "/monailabel/datastore/label"): A,
+    ("GET", "/monailabel/datastore/label"): V,
+    ("POST", "/monailabel/infer/{model}"): A,  # may queue a segmentation job
+    ("POST", "/monailabel/activelearning/{strategy}"): V,
+    ("GET", "/monailabel/train/"): V,
+    ("POST", "/monailabel/train/{model}"): ADM,
+    ("DELETE", "/monailabel/train/"): ADM,
 }
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/monailabel/auth/")}
+# MONAI Label's login: no bearer token; the form's password is the token (tests/e2e/test_monailabel.py)
+PUBLIC_FORMS = {("POST", "/monailabel/auth/token")}
+GUARDED = ("/api/", "/monailabel/")
 RANK = {V: 0, A: 1, ADM: 2}
 
 
@@ -72,10 +88,10 @@ def _api_routes(app: object) -> list[tuple[str, str]]:
     out = []
     for ctx in iter_route_contexts(app.routes):  # type: ignore[attr-defined]
         path = ctx.path or ""
-        if not path.startswith("/api/"):
+        if not path.startswith(GUARDED):
             continue
         for method in sorted(ctx.methods or ()):
-            if method != "HEAD":
+            if method != "HEAD" and (method, path) not in PUBLIC | PUBLIC_FORMS:
                 out.append((method, path))
     return out
 
@@ -130,9 +146,16 @@ def test_route_role(
 
 
 def test_public_routes_need_no_token(env: tuple[TestClient, dict[str, str], list[tuple[str, str]]]) -> None:
-    client, _, _ = env
+    client, tokens, _ = env
     for method, path in PUBLIC:
         assert client.request(method, path).status_code == 200
+    assert client.get("/monailabel/auth/").json() == {"enabled": True, "client_id": "dualseg", "realm": None}
+    r = client.post("/monailabel/auth/token", data={"username": "u", "password": tokens["viewer"]})
+    assert r.status_code == 200 and r.json() == {"access_token": tokens["viewer"], "token_type": "Bearer"}
+    r = client.post("/monailabel/auth/token", data={"username": "u", "password": "dsg_wrong"})
+    assert r.status_code == 401 and r.json() == {"detail": "invalid token"}
+    r = client.get("/monailabel/info/")
+    assert r.status_code == 401 and "Bearer" in r.json()["detail"]
 
 
 def test_token_routes_create_list_revoke(

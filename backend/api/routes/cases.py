@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from backend.api.deps import CeleryDep, OffsetQuery, SessionDep, SettingsDep, StoreDep, require_role, send_job
 from backend.api.presenters import case_public, case_urls, job_public
 from backend.broker import SEGMENT_TASK
-from backend.errors import BadInput, TooLarge
+from backend.errors import TooLarge
 from backend.schemas.cases import (
     CaseCreated,
     CaseIdentityPublic,
@@ -19,20 +19,12 @@ from backend.schemas.cases import (
     JobPublic,
     SegmentRequest,
 )
-from backend.services import audit, identity, jobs, registry
+from backend.services import audit, identity, intake
 from backend.services import cases as case_service
-from backend.services.uploads import discard, stage_files
 
 router = APIRouter(prefix="/cases", tags=["cases"], dependencies=[Depends(require_role("viewer"))])
 ANNOTATOR = [Depends(require_role("annotator"))]
 ADMIN = [Depends(require_role("admin"))]
-
-
-def _resolve_model(session: SessionDep, version: str | None) -> str | None:
-    if version:
-        return registry.get_version(session, version).version
-    active = registry.active_version(session)
-    return active.version if active else None
 
 
 @router.post(
@@ -56,28 +48,15 @@ def create_case(
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_upload_bytes + 1024 * 1024:
         raise TooLarge(f"the request is {length} bytes; the limit is {settings.max_upload_bytes}")
-    version = _resolve_model(session, model_version) if segment else None
-    if segment and version is None:
-        raise BadInput("no model is active: import and promote one first (dualseg models import), "
-                       "or upload with segment=false")
-    folder = store.tmp_dir()
-    try:
-        staged = stage_files([(f.filename, f.file) for f in files], folder, settings.max_upload_bytes,
-                             settings.max_upload_files)
-        new = case_service.create_case(session, settings, store, staged, series_uid=series_uid,
-                                       model_version=version)
-        job = None
-        if segment:
-            job = jobs.create_job(session, new.case, settings.queue_inference, settings.job_max_attempts,
-                                  model_version=version)
-            jobs.mark_enqueued(session, job.id)
-        audit.record_request(session, request, "case.upload", "case", new.case.id,
-                             job_id=job.id if job else None, source_format=staged.kind,
-                             num_files=new.case.num_files, size_bytes=staged.total_bytes,
-                             deidentified=settings.deidentify_on_ingest)
-        session.commit()
-    finally:
-        discard(folder)
+    new = intake.intake(session, settings, store, [(f.filename, f.file) for f in files],
+                        series_uid=series_uid, segment=segment, model_version=model_version,
+                        no_model_hint=", or upload with segment=false")
+    job, staged = new.job, new.staged
+    audit.record_request(session, request, "case.upload", "case", new.case.id,
+                         job_id=job.id if job else None, source_format=staged.kind,
+                         num_files=new.case.num_files, size_bytes=staged.total_bytes,
+                         deidentified=settings.deidentify_on_ingest)
+    session.commit()
     if job is not None:
         send_job(celery, SEGMENT_TASK, job.id, job.queue)
     body = CaseCreated(case_id=new.case.id, job_id=job.id if job else None,
@@ -132,13 +111,8 @@ def get_identity(case_id: str, request: Request, session: SessionDep,
 def resegment(case_id: str, request: Request, session: SessionDep, settings: SettingsDep, celery: CeleryDep,
               body: SegmentRequest | None = None) -> JSONResponse:
     case = case_service.get_case(session, case_id)
-    version = _resolve_model(session, body.model_version if body else None)
-    if version is None:
-        raise BadInput("no model is active: import and promote one first (dualseg models import)")
-    case_service.check_segmentable(case.shape, case.affine, case_service.model_card(session, version))
-    job = jobs.create_job(session, case, settings.queue_inference, settings.job_max_attempts,
-                          model_version=version)
-    jobs.mark_enqueued(session, job.id)
+    version = intake.require_model(session, body.model_version if body else None)
+    job = intake.queue_segmentation(session, settings, case, version)
     audit.record_request(session, request, "case.segment", "case", case.id, job_id=job.id,
                          model_version=version)
     session.commit()

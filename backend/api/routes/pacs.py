@@ -25,7 +25,7 @@ from backend.pacs import ledger, pulls, pushes
 from backend.pacs.client import PacsClient, PacsNotConfigured, dicomweb_configured, dicomweb_roots
 from backend.pacs.dimse import forward_peer
 from backend.pacs.imports import import_instance
-from backend.pacs.ingest import newest_case_for_series, resolve_model
+from backend.pacs.ingest import newest_case_for_series
 from backend.pacs.names import PULL_TASK, PUSH_TASK
 from backend.schemas.pacs import (
     ImportSegRequest,
@@ -38,7 +38,7 @@ from backend.schemas.pacs import (
     PushRequest,
 )
 from backend.services import cases as case_service
-from backend.services import jobs
+from backend.services import intake
 from backend.tables import Correction, Job, JobState
 
 router = APIRouter(prefix="/pacs", tags=["pacs"], dependencies=[Depends(require_role("viewer"))])
@@ -77,15 +77,11 @@ def segment_series(body: PacsSegmentRequest, session: SessionDep, settings: Sett
     if not dicomweb_configured(settings):
         raise PacsNotConfigured("no DICOMweb PACS is configured: set DUALSEG_PACS_DICOMWEB_URL "
                                 "(docs/pacs.md)")
-    version = resolve_model(session, body.model_version)
-    if version is None:
-        raise BadInput("no model is active: import and promote one first (dualseg models import)")
+    version = intake.require_model(session, body.model_version)
     if body.reuse_case:
         case = newest_case_for_series(session, body.series_uid, body.study_uid)
         if case is not None:
-            job = jobs.create_job(session, case, settings.queue_inference, settings.job_max_attempts,
-                                  model_version=version)
-            jobs.mark_enqueued(session, job.id)
+            job = intake.queue_segmentation(session, settings, case, version)
             session.commit()
             send_job(celery, SEGMENT_TASK, job.id, job.queue)
             out = PacsSegmentAccepted(pull_id=None, state="succeeded", case_id=case.id, job_id=job.id,
