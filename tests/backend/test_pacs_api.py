@@ -93,7 +93,7 @@ def test_segment_records_one_pull_per_series(api: tuple[TestClient, Settings]) -
 def test_reuse_case_and_push_requests(api: tuple[TestClient, Settings]) -> None:
     client, s = api
     with session_scope(s.resolved_database_url) as session:
-        case = Case(source_format="dicom", sha256="0", image_key="x", shape=[2, 2, 2], spacing=[1, 1, 1],
+        case = Case(source_format="dicom", sha256="0", image_key="x", shape=[64, 64, 40], spacing=[1, 1, 1],
                     affine=np.eye(4).tolist(), study_uid=STUDY, series_uid=SERIES, meta={})
         session.add(case)
         session.flush()
