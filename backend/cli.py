@@ -139,7 +139,7 @@ def serve(
 
     for line in bootstrap_embedded(s):
         typer.echo(line)
-    from backend.broker import make_celery
+    from backend.broker import make_celery, send
     from backend.db import session_scope
     from backend.services.workers import recover
 
@@ -147,7 +147,7 @@ def serve(
         resend = recover(session, s)
     client = make_celery(s)
     for task, item_id, queue in resend:
-        client.send_task(task, args=[item_id], queue=queue)
+        send(client, task, item_id, queue)
     if resend:
         typer.echo(f"re-queued {len(resend)} job(s) left running by the previous worker")
     queues = f"{s.queue_inference},{s.queue_training}"

@@ -255,8 +255,7 @@ def run_scp(settings: Settings) -> None:
     """Blocking entry point of `dualseg scp` (SIGTERM/SIGINT stop it cleanly)."""
     import signal
 
-    from backend.api.deps import send_job
-    from backend.broker import make_celery
+    from backend.broker import make_celery, send_job
 
     settings.ensure_dirs()
     celery = make_celery(settings, name="dualseg-scp")
