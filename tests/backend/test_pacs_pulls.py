@@ -12,10 +12,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from backend.broker import PULL_TASK, PUSH_TASK, SEGMENT_TASK
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
 from backend.errors import Conflict, NotFound
+from backend.migrations import run_migrations
 from backend.pacs import imports, ledger, pulls, pushes
 from backend.pacs.client import PacsNotConfigured, PacsUnavailable
 from backend.storage import ArtifactStore

@@ -13,9 +13,9 @@ import pytest
 from pydantic import ValidationError
 
 from backend.broker import RETRAIN_TASK, SEGMENT_TASK
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
+from backend.migrations import run_migrations
 from backend.services import jobs, training, workers
 from backend.services.jobs import _aware
 from backend.tables import Case, Job, JobState, RunState, TrainingRun, Worker, utcnow

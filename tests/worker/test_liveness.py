@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
+from backend.migrations import run_migrations
 from backend.services import jobs
 from backend.services.jobs import _aware
 from backend.tables import Case, Job, Worker, utcnow
