@@ -20,17 +20,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("dualseg.worker.models")
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 class ModelCache:
     def __init__(self, device: str, amp: bool, overlap: float, capacity: int = 1) -> None:
-        self.device = resolve_device(device)
+        from models.runtime import resolve_device
+
+        self.device = resolve_device(device, require_available=False)
         self.amp = amp
         self.overlap = overlap
         self.capacity = capacity
