@@ -113,8 +113,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import tempfile
 
-    from models.inference.predictor import Predictor, resolve_amp
+    from models.inference.predictor import Predictor
     from models.package import load_package
+    from models.runtime import resolve_amp
 
     device = torch.device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench-inf-"))
