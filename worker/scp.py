@@ -244,7 +244,7 @@ class StoreScp:
             while not stop.is_set():
                 try:
                     self.ingest_stable()
-                except Exception:  # noqa: BLE001 - the listener keeps running
+                except Exception:  # the listener keeps running
                     log.exception("stable-series check failed")
                 stop.wait(tick_s)
         finally:
