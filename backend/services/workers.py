@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend.broker import RETRAIN_TASK, SEGMENT_TASK
+from backend.broker import RETRAIN_TASK, SEGMENT_TASK, queue_for
 from backend.config import Settings
 from backend.services.jobs import requeue_or_fail
 from backend.tables import Job, JobState, RunState, TrainingRun, Worker, utcnow
@@ -146,7 +146,7 @@ def recover(session: Session, settings: Settings, now: datetime | None = None) -
         log.warning("training run %s: %s stopped; re-queued (it resumes from its checkpoint)", run.id,
                     describe(gone.get(run.worker_id or "")))
         run.state, run.lease_expires_at, run.worker_id = RunState.queued, None, None
-        resend.append((RETRAIN_TASK, run.id, settings.queue_training))
+        resend.append((RETRAIN_TASK, run.id, queue_for(settings, RETRAIN_TASK)))
     for row in gone.values():
         session.delete(row)
     return resend
