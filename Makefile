@@ -44,7 +44,7 @@ test: setup services
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy backend worker
+	$(BIN)/mypy backend worker bench
 
 clean-var:
 	rm -rf ./var

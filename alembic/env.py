@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import engine_from_config, pool
 
 from alembic import context
 from backend.config import get_settings
-from backend.tables import Base
+from backend.tables import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata
@@ -15,8 +17,16 @@ url = config.get_main_option("sqlalchemy.url") or get_settings().resolved_databa
 config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
 
 
+def render_item(kind: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Autogenerate writes the ORM's UTCDateTime as the plain column type it stores."""
+    if kind == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def run_migrations_offline() -> None:
-    context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True,
+                      render_item=render_item)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -31,6 +41,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            render_item=render_item,
         )
         with context.begin_transaction():
             context.run_migrations()

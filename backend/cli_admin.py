@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
-from backend.cli import app, run_migrations
 from backend.config import get_settings
+from backend.migrations import run_migrations
 
 tokens_app = typer.Typer(help="API tokens: create, list, revoke.", no_args_is_help=True)
+app = typer.Typer()
 app.add_typer(tokens_app, name="tokens")
 
 

@@ -1,6 +1,6 @@
 """`dualseg phantoms | train | evaluate | predict`: the ML engineer's commands.
 
-They register on ``backend.cli.app`` when imported (``backend.cli.main`` does). torch and ``models`` are
+Their own Typer app, merged into the `dualseg` command by ``backend.cli``. torch and ``models`` are
 imported inside the commands only. Bad input (missing files, unknown config keys, inconsistent datasets)
 prints ``error: ...`` and exits with code 2.
 """
@@ -16,10 +16,12 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from backend.cli import app, run_migrations
 from backend.config import get_settings
+from backend.migrations import run_migrations
 
 DEVICES = ("auto", "cpu", "cuda")
+
+app = typer.Typer()
 
 
 def _fail(message: str) -> NoReturn:

@@ -9,11 +9,12 @@ from typing import Annotated
 
 import typer
 
-from backend.cli import app, run_migrations
 from backend.config import get_settings
+from backend.migrations import run_migrations
 
 models_app = typer.Typer(help="Model registry: list, import, export, promote, rollback.",
                          no_args_is_help=True)
+app = typer.Typer()
 app.add_typer(models_app, name="models")
 
 

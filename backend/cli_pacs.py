@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from backend.cli import app
 from backend.config import get_settings
 
 pacs_app = typer.Typer(help="PACS (DICOMweb): check the connection, poll for corrected SEGs.",
                        no_args_is_help=True)
+app = typer.Typer()
 app.add_typer(pacs_app, name="pacs")
 
 
@@ -61,8 +61,8 @@ def pacs_check() -> None:
 @pacs_app.command("poll")
 def pacs_poll() -> None:
     """Import corrected SEGs from the PACS now (what the beat poll does every pacs_poll_interval_s)."""
-    from backend.cli import run_migrations
     from backend.errors import DomainError
+    from backend.migrations import run_migrations
     from backend.pacs.imports import poll
     from backend.storage import ArtifactStore
 

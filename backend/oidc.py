@@ -76,7 +76,7 @@ class OidcValidator:
                 resp.raise_for_status()
                 data = resp.json()
             return jwt.PyJWKSet.from_dict(data)
-        except Exception as exc:  # noqa: BLE001 - any failure to get keys means "cannot check tokens now"
+        except Exception as exc:  # any failure to get keys means "cannot check tokens now"
             raise Unavailable(
                 f"the identity provider's key set could not be loaded ({type(exc).__name__})"
             ) from exc

@@ -15,7 +15,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import event, select, update
 from sqlalchemy.exc import OperationalError
@@ -66,10 +66,6 @@ def create_token(
     return token, row
 
 
-def _aware(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
-
-
 # token HMAC -> (monotonic deadline of the entry, the token's expires_at, principal)
 _CACHE: dict[str, tuple[float, datetime | None, Principal]] = {}
 
@@ -104,9 +100,9 @@ def authenticate(session: Session, secret: str, token: str) -> Principal:
     now = utcnow()
     if row.revoked_at is not None:
         raise Unauthorized("this token was revoked")
-    expires = _aware(row.expires_at)
+    expires = row.expires_at
     _check_expiry(expires, now)
-    last = _aware(row.last_used_at)
+    last = row.last_used_at
     if last is None or now - last > timedelta(minutes=1):
         _touch(session, row.id, now)
     principal = Principal(name=row.name, role=row.role, token_id=row.id)

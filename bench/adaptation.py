@@ -32,7 +32,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -56,7 +56,8 @@ def _mask(client: Any, case_id: str, tmp: Path) -> np.ndarray:
     r.raise_for_status()
     p = tmp / f"{case_id}.nii.gz"
     p.write_bytes(r.content)
-    return np.asarray(nib.load(p).dataobj)
+    img: Any = nib.load(p)
+    return np.asarray(img.dataobj)
 
 
 def _wait(client: Any, url: str, done: tuple[str, ...], timeout: float) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def run_cell(work: Path, package: Path, seed: int, k: int, variant: str, n: int,
         client = stack.client("admin", timeout=300)
         images = sorted((data / "imagesTr").glob("*.nii.gz"))[:n]
         labels = [data / "labelsTr" / p.name for p in images]
-        truth = [np.asarray(nib.load(p).dataobj) for p in labels]
+        truth = [np.asarray(cast(Any, nib.load(p)).dataobj) for p in labels]
         cases, jobs = [], []
         for p in images:
             r = client.post("/api/v1/cases", files={"files": (p.name, p.read_bytes())})

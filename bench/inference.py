@@ -72,14 +72,16 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 def baseline(package, image: torch.Tensor, patch, overlap: float, batch: int, amp) -> torch.Tensor:  # type: ignore[no-untyped-def]
     from monai.inferers import sliding_window_inference
 
-    probs = []
+    probs: list[torch.Tensor] = []
     for net in (package.net_a, package.net_b):
 
         def run(x: torch.Tensor, net=net) -> torch.Tensor:  # type: ignore[no-untyped-def]
             with torch.autocast(image.device.type, dtype=amp, enabled=amp is not None):
                 return torch.softmax(net(x)[0].float(), dim=1)
 
-        probs.append(sliding_window_inference(image, patch, batch, run, overlap=overlap, mode="gaussian"))
+        out = sliding_window_inference(image, patch, batch, run, overlap=overlap, mode="gaussian")
+        assert isinstance(out, torch.Tensor)  # one output per call here
+        probs.append(out)
     mean = (probs[0] + probs[1]) / 2
     return entropy(mean)
 
@@ -113,8 +115,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import tempfile
 
-    from models.inference.predictor import Predictor, resolve_amp
+    from models.inference.predictor import Predictor
     from models.package import load_package
+    from models.runtime import resolve_amp
 
     device = torch.device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench-inf-"))
@@ -124,7 +127,8 @@ def main() -> None:
         path = starter_package_path()
         assert path is not None, "no starter package shipped"
     else:
-        path = full_size_package(tmp, tuple(int(v) for v in args.patch.split("x")))
+        d, h, w = (int(v) for v in args.patch.split("x"))
+        path = full_size_package(tmp, (d, h, w))
     package = load_package(path, device)
     onednn = {"auto": None, "on": True, "off": False}[args.onednn]
     predictor = Predictor(
@@ -163,11 +167,11 @@ def main() -> None:
             flush=True,
         )
     model = "starter model" if args.starter else f"full-size nets (random weights), patch {args.patch}"
-    path = "oneDNN graphs" if predictor.onednn else "plain modules"
+    nets = "oneDNN graphs" if predictor.onednn else "plain modules"
     cpu = f"CPU capability {torch.backends.cpu.get_cpu_capability()}, " if device.type == "cpu" else ""
     lines = [
         f"{model}; overlap {args.overlap}; window batch {args.batch}; amp {amp}; device {device}; "
-        f"{cpu}torch threads {torch.get_num_threads()} (both sides); dualseg nets: {path} (BatchNorm "
+        f"{cpu}torch threads {torch.get_num_threads()} (both sides); dualseg nets: {nets} (BatchNorm "
         f"folded); best of {max(args.repeat, 1)} after a warm-up",
         "",
         "| volume | windows | MONAI per-net s | dualseg s | windows/s (dualseg, per net) | peak MB MONAI | "

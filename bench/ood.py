@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -63,8 +63,8 @@ def score_set(predictor: Any, folder: Path) -> list[dict[str, Any]]:
 
     rows = []
     for img_path in sorted((folder / "imagesTr").glob("*.nii.gz")):
-        img = nib.load(img_path)
-        label = np.asarray(nib.load(folder / "labelsTr" / img_path.name).dataobj)
+        img: Any = nib.load(img_path)
+        label = np.asarray(cast(Any, nib.load(folder / "labelsTr" / img_path.name)).dataobj)
         pred = predictor.predict(np.asarray(img.dataobj, dtype=np.float32), img.affine)
         summary = uncertainty_summary(pred.mask, pred.entropy, pred.regions)
         rows.append({"case": img_path.name, "dice": dice(pred.mask > 0, label > 0),

@@ -80,8 +80,9 @@ def main() -> None:
         folder = ensure_set(Path(args.work), name)
         rows, dices = [], []
         for img_path in sorted((folder / "imagesTr").glob("*.nii.gz")):
-            img = nib.load(img_path)
-            label = np.asarray(nib.load(folder / "labelsTr" / img_path.name).dataobj).astype(np.uint8)
+            img: Any = nib.load(img_path)
+            seg: Any = nib.load(folder / "labelsTr" / img_path.name)
+            label = np.asarray(seg.dataobj).astype(np.uint8)
             pred = predictor.predict(np.asarray(img.dataobj, dtype=np.float32), img.affine)
             rows.append(case_scores(pred, label, img.affine, args.thresholds))
             dices.append(dice(pred.mask > 0, label > 0))

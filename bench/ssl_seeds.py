@@ -318,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                     pkg = work / "runs" / key / v
                     pending.append(pool.submit(_task, f"{key}/{v}", v, str(prep), str(data_dir),
                                                bases[ts].to_dict(), str(pkg), args.device))
-        for fut in pending:
-            key_v, res = fut.result()
+        for done in pending:
+            key_v, res = done.result()
             key, v = key_v.split("/")
             runs[key][v] = res
             save()

@@ -93,7 +93,7 @@ def write_dicom_series(folder: Path, image: np.ndarray, affine: np.ndarray, moda
     """Write ``image[i, j, k]`` (RAS affine) as a single-frame DICOM series with scaled int16 pixels."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
@@ -111,10 +111,10 @@ def write_dicom_series(folder: Path, image: np.ndarray, affine: np.ndarray, moda
     paths = []
     for rank, k in enumerate(order):
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPClassUID = UID(sop_class)
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]
         ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, for_uid
         ds.Modality, ds.PatientName, ds.PatientID = modality, "Test^Phantom", "PHANTOM-1"

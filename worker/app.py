@@ -8,12 +8,13 @@ per GPU, prefetch 1, acks late); retraining on queue ``training``.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
 
-from backend.broker import RETRAIN_TASK, SCHEDULED_RETRAIN_TASK, SEGMENT_TASK, SWEEP_TASK, make_celery
+from backend.broker import RETRAIN_TASK, SCHEDULED_RETRAIN_TASK, SWEEP_TASK, make_celery, send
 from backend.config import Settings, get_settings
 
 log = logging.getLogger("dualseg.worker")
@@ -36,8 +37,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     }
     app.conf.beat_schedule = schedule
 
-    def enqueue(task: str, job_id: str, queue: str) -> None:
-        app.send_task(task, args=[job_id], queue=queue)
+    enqueue = partial(send, app)
 
     from worker.tasks.maintenance import sweep_once
 
@@ -67,6 +67,4 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     @app.task(name=SCHEDULED_RETRAIN_TASK, ignore_result=True)
     def retrain_scheduled() -> str | None:
         return scheduled_run(settings, enqueue)
-
-    _ = SEGMENT_TASK
     return app

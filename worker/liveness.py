@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from backend.broker import send
 from backend.config import Settings
 from backend.db import get_engine, session_scope
 from backend.services import workers
@@ -95,7 +96,7 @@ def recover_now(settings: Settings, app: Celery) -> int:
     with session_scope(settings.resolved_database_url) as s:
         resend = workers.recover(s, settings)
     for task, item_id, queue in resend:
-        app.send_task(task, args=[item_id], queue=queue)
+        send(app, task, item_id, queue)
     return len(resend)
 
 

@@ -20,22 +20,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("dualseg.worker.models")
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 class ModelCache:
     def __init__(self, device: str, amp: bool, overlap: float, capacity: int = 1, threads: int = 0) -> None:
         """``threads`` > 0 sets torch's intra-op thread count of this process (``DUALSEG_WORKER_THREADS``)."""
+        from models.runtime import resolve_device
+
         if threads > 0:
             import torch
 
             torch.set_num_threads(threads)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, require_available=False)
         self.amp = amp
         self.overlap = overlap
         self.capacity = capacity

@@ -244,7 +244,7 @@ class StoreScp:
             while not stop.is_set():
                 try:
                     self.ingest_stable()
-                except Exception:  # noqa: BLE001 - the listener keeps running
+                except Exception:  # the listener keeps running
                     log.exception("stable-series check failed")
                 stop.wait(tick_s)
         finally:
@@ -255,8 +255,7 @@ def run_scp(settings: Settings) -> None:
     """Blocking entry point of `dualseg scp` (SIGTERM/SIGINT stop it cleanly)."""
     import signal
 
-    from backend.api.deps import send_job
-    from backend.broker import make_celery
+    from backend.broker import make_celery, send_job
 
     settings.ensure_dirs()
     celery = make_celery(settings, name="dualseg-scp")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -20,8 +19,6 @@ from backend.oidc import OidcValidator, looks_like_jwt
 from backend.security import ANONYMOUS_ADMIN, Principal, authenticate, cached_principal, require
 from backend.storage import ArtifactStore
 from backend.tables import Role
-
-log = logging.getLogger("dualseg.api")
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -121,22 +118,3 @@ AdminDep = Annotated[Principal, Depends(require_role(Role.admin))]
 MAX_OFFSET = 10_000_000
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
 
-
-def send_job(celery: Celery, task: str, job_id: str, queue: str) -> bool:
-    """Send after commit. A broker outage is not fatal: the row stays queued and the sweeper re-sends."""
-    try:
-        celery.send_task(
-            task,
-            args=[job_id],
-            queue=queue,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-        )
-        return True
-    except Exception as exc:  # noqa: BLE001 - any broker failure
-        log.warning(
-            "could not send job %s to the broker (%s); the sweeper will re-send it",
-            job_id,
-            type(exc).__name__,
-        )
-        return False

@@ -1,11 +1,6 @@
-"""Celery task names and DICOM constants of the PACS integration (sent by name, IDs only)."""
+"""DICOM constants of the PACS integration (its Celery task names are in ``backend.broker``)."""
 
 from __future__ import annotations
-
-PULL_TASK = "dualseg.pacs.pull"
-PUSH_TASK = "dualseg.pacs.push"
-SWEEP_TASK = "dualseg.pacs.sweep"
-POLL_TASK = "dualseg.pacs.poll"
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 PARAMETRIC_MAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.exc import OperationalError
 
-from backend.broker import SEGMENT_TASK
+from backend.broker import PULL_TASK, SEGMENT_TASK
 from backend.config import Settings
 from backend.db import session_scope
 from backend.errors import DomainError
@@ -24,7 +24,6 @@ from backend.pacs import ledger
 from backend.pacs.client import PacsClient, PacsUnavailable, check_uid
 from backend.pacs.ingest import Ingested, case_for_pull, ingest_files
 from backend.pacs.ledger import FINISHED, Enqueue
-from backend.pacs.names import PULL_TASK
 from backend.services.uploads import discard
 from backend.storage import ArtifactStore
 from backend.tables import new_id

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from backend.broker import PUSH_TASK
 from backend.config import Settings
 from backend.db import session_scope
 from backend.errors import Conflict, DomainError, NotFound
@@ -28,7 +29,6 @@ from backend.pacs.client import PacsClient, PacsNotConfigured, PacsUnavailable, 
 from backend.pacs.dimse import c_store, forward_peer
 from backend.pacs.ingest import pacs_origin
 from backend.pacs.ledger import FINISHED, Enqueue
-from backend.pacs.names import PUSH_TASK
 from backend.services import registry
 from backend.services.artifacts import artifact_key
 from backend.storage import ArtifactStore

@@ -43,7 +43,7 @@ def _labels_from_nifti(path: Path, case: Case) -> np.ndarray:
     try:
         img = load_image(path)
         data = np.asarray(img.dataobj)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
+    except Exception as exc:  # any reader failure is bad input
         raise BadInput(f"the correction is not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
     data = np.squeeze(data) if data.ndim > 3 else data
     if tuple(data.shape) != tuple(case.shape):
@@ -79,7 +79,7 @@ def _labels_from_seg(settings: Settings, store: ArtifactStore, path: Path, case:
 
     try:
         seg = hd.seg.segread(str(path))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BadInput(f"the correction is not a readable DICOM SEG ({type(exc).__name__}: {exc})") from exc
     uids, series_uid = _source_uids(settings, store, case)
     referenced = {s.SeriesInstanceUID for s in getattr(seg, "ReferencedSeriesSequence", [])}

@@ -66,7 +66,7 @@ def deidentify_file(path: Path, pseudonym: str) -> None:
         ds = pydicom.dcmread(path)
         deidentify(ds, pseudonym)
         ds.save_as(path, enforce_file_format=True)
-    except Exception as exc:  # noqa: BLE001 - a file we cannot rewrite is refused, never stored as is
+    except Exception as exc:  # a file we cannot rewrite is refused, never stored as is
         raise BadInput(f"an uploaded DICOM file could not be de-identified ({type(exc).__name__})") from exc
 
 
@@ -76,7 +76,7 @@ def deidentify_staged(settings: Settings, volume: ImageVolume, files: list[Path]
     if volume.dicom is None:
         try:
             scrub_nifti(files[0])
-        except Exception as exc:  # noqa: BLE001 - refused rather than stored with its header text
+        except Exception as exc:  # refused rather than stored with its header text
             raise BadInput(f"the NIfTI header could not be cleared ({type(exc).__name__})") from exc
         return None
     first = volume.dicom.datasets[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -31,12 +31,6 @@ class LeaseLost(Exception):
     """Raised inside a running job whose row no longer names this worker: it was judged gone (its heartbeat
     stopped for longer than the lease) and the job was re-queued; the new holder's run is the one that
     counts, so this one stops without touching the row."""
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is not None and dt.tzinfo is None:  # SQLite returns naive datetimes
-        return dt.replace(tzinfo=UTC)
-    return dt
 
 
 def get_job(session: Session, job_id: str) -> Job:
@@ -104,7 +98,7 @@ def claim(session: Session, job_id: str, worker: str, lease_s: int,
     if job.cancel_requested:
         job.state, job.finished_at, job.error = JobState.cancelled, now, "cancelled"
         return None
-    lease = _aware(job.lease_expires_at)
+    lease = job.lease_expires_at
     if job.state == JobState.running and lease is not None and lease > now:
         from backend.services.workers import holder_gone
 
@@ -180,14 +174,14 @@ def sweep(session: Session, queued_grace_s: int, now: datetime | None = None) ->
     resend: list[Job] = []
     running = session.scalars(select(Job).where(Job.state == JobState.running)).all()
     for job in running:
-        lease = _aware(job.lease_expires_at)
+        lease = job.lease_expires_at
         if lease is None or lease < now:
             if requeue_or_fail(session, job, "the worker stopped reporting (crash or restart)"):
                 resend.append(job)
     cutoff = now - timedelta(seconds=queued_grace_s)
     queued = session.scalars(select(Job).where(Job.state == JobState.queued)).all()
     for job in queued:
-        sent = _aware(job.enqueued_at) or _aware(job.created_at)
+        sent = job.enqueued_at or job.created_at
         if sent is not None and sent < cutoff and job not in resend:
             resend.append(job)
     for job in resend:

@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from backend.config import Settings
 from backend.errors import Conflict, NotFound
-from backend.services.jobs import _aware
 from backend.tables import Case, Correction, RunState, TrainingRun, utcnow
 
 ACTIVE_STATES = (RunState.queued, RunState.running)
@@ -220,7 +219,7 @@ def cancel_run(session: Session, run_id: str) -> TrainingRun:
 
 
 def eta_seconds(run: TrainingRun, now: datetime | None = None) -> float | None:
-    started = _aware(run.started_at)
+    started = run.started_at
     if run.state != RunState.running or started is None or not run.total_iterations or run.iteration <= 0:
         return None
     done_it = run.iteration - int((run.losses or {}).get("resumed_at", 0))
@@ -239,7 +238,7 @@ def claim_run(session: Session, run_id: str, lease_s: int,
     if run.cancel_requested:
         run.state, run.finished_at, run.error = RunState.cancelled, utcnow(), "cancelled"
         return None
-    lease = _aware(run.lease_expires_at)
+    lease = run.lease_expires_at
     if run.state == RunState.running and lease is not None and lease > utcnow():
         return None
     other = session.scalars(select(TrainingRun).where(TrainingRun.state == RunState.running,
@@ -259,7 +258,7 @@ def sweep_runs(session: Session, now: datetime | None = None) -> list[str]:
     now = now or utcnow()
     out = []
     for run in session.scalars(select(TrainingRun).where(TrainingRun.state == RunState.running)):
-        lease = _aware(run.lease_expires_at)
+        lease = run.lease_expires_at
         if lease is None or lease < now:
             run.state = RunState.queued
             run.lease_expires_at, run.worker_id = None, None

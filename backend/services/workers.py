@@ -19,9 +19,9 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend.broker import RETRAIN_TASK, SEGMENT_TASK
+from backend.broker import RETRAIN_TASK, SEGMENT_TASK, queue_for
 from backend.config import Settings
-from backend.services.jobs import _aware, requeue_or_fail
+from backend.services.jobs import requeue_or_fail
 from backend.tables import Job, JobState, RunState, TrainingRun, Worker, utcnow
 
 log = logging.getLogger("dualseg.workers")
@@ -63,7 +63,7 @@ def pid_runs(pid: int, registered_at: datetime | None = None) -> bool:
     if registered_at is None or boot is None:
         return True
     started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    return started <= (_aware(registered_at) or registered_at).timestamp() + PID_START_SLACK_S
+    return started <= registered_at.timestamp() + PID_START_SLACK_S
 
 
 def register(session: Session, node: str | None, pid: int | None = None,
@@ -104,7 +104,7 @@ def heartbeat(session: Session, worker_id: str, settings: Settings, now: datetim
 
 
 def is_gone(row: Worker, lease_s: int, now: datetime, here: str) -> bool:
-    seen = _aware(row.last_seen_at)
+    seen = row.last_seen_at
     if seen is None or seen < now - timedelta(seconds=lease_s):
         return True
     return row.hostname == here and not pid_runs(row.pid, row.started_at)
@@ -146,7 +146,7 @@ def recover(session: Session, settings: Settings, now: datetime | None = None) -
         log.warning("training run %s: %s stopped; re-queued (it resumes from its checkpoint)", run.id,
                     describe(gone.get(run.worker_id or "")))
         run.state, run.lease_expires_at, run.worker_id = RunState.queued, None, None
-        resend.append((RETRAIN_TASK, run.id, settings.queue_training))
+        resend.append((RETRAIN_TASK, run.id, queue_for(settings, RETRAIN_TASK)))
     for row in gone.values():
         session.delete(row)
     return resend

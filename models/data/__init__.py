@@ -1,4 +1,4 @@
-"""Data: dataset readers (``readers``), the phantom generator (``phantoms``) and transforms.
+"""Data: dataset readers (``readers``, ``msd``), the phantom generator (``phantoms``) and transforms.
 
 Names are exported lazily (PEP 562) so that importing one submodule, e.g. ``models.data.transforms``,
 does not import the others (h5py, nibabel, scipy).
@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from models.data.msd import MSDDataset
     from models.data.phantoms import (
         PHANTOM_CLASSES,
         Phantom,
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
         LA_H5_SPACING,
         Case,
         LAH5Dataset,
-        MSDDataset,
         Volume,
         read_label,
         read_nifti,
@@ -44,9 +44,10 @@ __all__ = [
     "write_phantom_dataset",
 ]
 
-_READERS = ("LA_H5_SPACING", "Case", "LAH5Dataset", "MSDDataset", "Volume", "read_label", "read_nifti")
+_READERS = ("LA_H5_SPACING", "Case", "LAH5Dataset", "Volume", "read_label", "read_nifti")
 _PHANTOMS = ("PHANTOM_CLASSES", "Phantom", "make_phantom", "otsu_threshold", "write_phantom_dataset")
-_MODULE_OF: dict[str, str] = {**dict.fromkeys(_READERS, "readers"), **dict.fromkeys(_PHANTOMS, "phantoms")}
+_MODULE_OF: dict[str, str] = {**dict.fromkeys(_READERS, "readers"), **dict.fromkeys(_PHANTOMS, "phantoms"),
+                              "MSDDataset": "msd"}
 
 
 def __getattr__(name: str) -> Any:

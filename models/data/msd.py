@@ -1,7 +1,7 @@
 """Reader for Medical Segmentation Decathlon / nnU-Net style dataset folders (:class:`MSDDataset`).
 
 Yields :class:`~models.data.readers.Case` entries and :class:`~models.data.readers.Volume` objects as the
-other readers do (see ``docs/contracts.md``). ``from models.data.readers import MSDDataset`` keeps working.
+other readers do (see ``docs/contracts.md``).
 """
 
 from __future__ import annotations

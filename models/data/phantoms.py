@@ -384,7 +384,7 @@ def write_phantom_dataset(
     progress: Callable[[float], None] | None = None,
     family: str = "mr",
 ) -> dict[str, Any]:
-    """Write a phantom dataset in MSD layout (readable by :class:`~models.data.readers.MSDDataset`).
+    """Write a phantom dataset in MSD layout (readable by :class:`~models.data.msd.MSDDataset`).
 
     Files: ``imagesTr/phantom_000.nii.gz`` (int16), ``labelsTr/phantom_000.nii.gz`` (uint8), the test
     cases in ``imagesTs`` / ``labelsTs`` (numbered after the training ones) and ``dataset.json``. Case ``i``

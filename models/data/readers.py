@@ -1,5 +1,5 @@
-"""Dataset readers: NIfTI volumes and the Left Atrium ``.h5`` set (MSD / nnU-Net folders: ``msd.py``,
-re-exported here as ``MSDDataset``).
+"""Dataset readers: NIfTI volumes and the Left Atrium ``.h5`` set (MSD / nnU-Net folders:
+:class:`models.data.msd.MSDDataset`, built on this module).
 
 Every reader yields :class:`Volume` objects: a numpy array indexed ``[i, j, k]`` in NIfTI/nibabel voxel
 order with a 4x4 affine mapping ``(i, j, k, 1)`` to RAS+ millimetres (see ``docs/contracts.md``).
@@ -11,21 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:  # the real import is lazy, see __getattr__ at the bottom
-    from models.data.msd import MSDDataset
-
 __all__ = [
     "LA_H5_SPACING",
     "Case",
     "LAH5Dataset",
-    "MSDDataset",
     "Volume",
     "read_label",
     "read_nifti",
@@ -240,12 +236,3 @@ class LAH5Dataset:
         for i in range(len(self)):
             yield self[i]
 
-
-def __getattr__(name: str) -> Any:
-    """Lazy re-export of :class:`~models.data.msd.MSDDataset` (it lives in ``models.data.msd``, which
-    imports this module, so a top-level import would be circular)."""
-    if name == "MSDDataset":
-        from models.data.msd import MSDDataset
-
-        return MSDDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Whole-volume inference: Gaussian sliding window over both nets, entropy, uncertain regions."""
 
-from models.inference.predictor import Prediction, Predictor, normalized_entropy, resolve_amp
+from models.inference.predictor import Prediction, Predictor, normalized_entropy
 from models.inference.regions import extract_regions
 from models.inference.sliding import (
     ImportanceMapCache,
@@ -16,7 +16,6 @@ __all__ = [
     "extract_regions",
     "gaussian_importance_map",
     "normalized_entropy",
-    "resolve_amp",
     "sliding_window_dual",
     "window_starts",
 ]

@@ -31,53 +31,15 @@ from models.inference.ood import case_features, score_case
 from models.inference.regions import extract_regions
 from models.inference.sliding import ImportanceMapCache, sliding_window_dual
 from models.package import ModelPackage
+from models.runtime import resolve_amp
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float], None]
 
-_AMP_NAMES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-}
 # progress fractions at the end of each stage
 _P_PRE, _P_INFER, _P_POST = 0.05, 0.90, 0.97
 _SLAB_VOXELS = 1 << 22  # voxels per slab in the post-processing reductions
-
-
-def _cpu_bf16_supported() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
-        return False
-
-
-def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``amp`` on ``device`` (None = full float32).
-
-    ``False`` / ``"fp32"`` / ``"none"`` -> None. ``True`` -> bfloat16 on CUDA when supported else
-    float16; bfloat16 on CPU when the CPU has native bf16 support, else None (logged). A dtype name
-    (``"bf16"``, ``"fp16"``) forces that dtype.
-    """
-    if amp is False or (isinstance(amp, str) and amp.lower() in ("none", "off", "fp32", "float32", "false")):
-        return None
-    if isinstance(amp, str):
-        try:
-            return _AMP_NAMES[amp.lower()]
-        except KeyError:
-            raise ValueError(f"unknown amp setting {amp!r}; use a bool, 'bf16' or 'fp16'") from None
-    if amp is not True:
-        raise ValueError(f"amp must be a bool or a dtype name, got {amp!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        if _cpu_bf16_supported():
-            return torch.bfloat16
-        logger.info("amp requested but this CPU has no native bf16: running float32")
-    return None
 
 
 def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:

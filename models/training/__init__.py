@@ -16,7 +16,7 @@ from models.training.config import (
 )
 from models.training.hooks import RichProgressHook, TrainerHook
 from models.training.sampler import TwoStreamSampler
-from models.training.trainer import CHECKPOINT_NAME, LOG_NAME, Trainer, resolve_amp, split_labeled
+from models.training.trainer import CHECKPOINT_NAME, LOG_NAME, Trainer, split_labeled
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -37,7 +37,6 @@ __all__ = [
     "build_networks",
     "configs_dir",
     "load_config",
-    "resolve_amp",
     "split_labeled",
     "train_dual",
 ]

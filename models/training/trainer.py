@@ -15,8 +15,9 @@ resumed run equals an uninterrupted one (tested on CPU, where the kernels are de
 Determinism: the trainer seeds torch's global RNG with ``config.seed + rank`` (dropout draws from it)
 and gives the sampler and the prototype subsampling their own generators.
 
-AMP (``config.amp``): ``off``; ``bf16`` autocast (no scaler); ``fp16`` autocast with a ``GradScaler``
-(CUDA only); ``auto`` = bf16 on CUDA when supported else fp16, bf16 on CPUs with native bf16, else off.
+AMP (``config.amp``, :func:`models.runtime.resolve_amp` with ``training=True``): ``off``; ``bf16`` autocast
+(no scaler); ``fp16`` autocast with a ``GradScaler`` (CUDA only); ``auto`` = bf16 on CUDA when supported
+else fp16, bf16 on CPUs with native bf16, else off.
 
 Distributed (torchrun): when ``torch.distributed`` is initialised before the trainer is built, both nets
 are wrapped in ``DistributedDataParallel`` (``device_ids=[device.index]`` on CUDA), each rank samples
@@ -46,31 +47,13 @@ from torch.nn.parallel import DistributedDataParallel
 from models.data.augment import build_augment
 from models.losses.combined import DualNetLoss
 from models.networks.registry import count_parameters
+from models.runtime import resolve_amp
 from models.training.config import TrainConfig
 from models.training.hooks import TrainerHook
 from models.training.sampler import TwoStreamSampler
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
-
-
-def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``mode`` on ``device`` (``None`` = full precision). See the module docstring."""
-    if mode == "off":
-        return None
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode == "fp16":
-        if device.type != "cuda":
-            raise ValueError("amp 'fp16' needs a CUDA device; use 'bf16' or 'off' on this device")
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-            torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if native else None
-    return None
 
 
 def split_labeled(
@@ -147,7 +130,7 @@ class Trainer:
                             weight_decay=opt.weight_decay, nesterov=opt.nesterov)
             for net in (self.net_a, self.net_b)
         ]
-        self.amp_dtype = resolve_amp(config.amp, self.device)
+        self.amp_dtype = resolve_amp(config.amp, self.device, training=True)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
         self.elapsed = 0.0

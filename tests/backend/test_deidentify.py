@@ -22,13 +22,13 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
 from backend.errors import Conflict
 from backend.imaging import deid
 from backend.imaging.dicom_refs import DicomSource
 from backend.main import create_app
+from backend.migrations import run_migrations
 from backend.security import create_token
 from backend.services import identity
 from backend.storage import ArtifactStore

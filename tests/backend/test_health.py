@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.main import create_app
+from backend.migrations import run_migrations
 
 
 def _client(settings: Settings) -> TestClient:

@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from alembic import command
-from backend.cli import _alembic_config
+from backend.migrations import alembic_config
 from backend.tables import Base
 
 EXPECTED = {"cases", "jobs", "artifacts", "corrections", "model_versions", "training_runs",
@@ -18,7 +18,7 @@ EXPECTED = {"cases", "jobs", "artifacts", "corrections", "model_versions", "trai
 
 
 def _roundtrip(url: str) -> None:
-    cfg = _alembic_config(url)
+    cfg = alembic_config(url)
     command.upgrade(cfg, "head")
     engine = create_engine(url)
     try:
@@ -52,7 +52,7 @@ def test_0003_keeps_the_side_of_cases_corrected_before_it(tmp_path: Path) -> Non
     from backend.services.training import in_validation
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    cfg = _alembic_config(url)
+    cfg = alembic_config(url)
     command.upgrade(cfg, "0002")
     engine = create_engine(url)
     ids = [f"{i:032x}" for i in range(12)]

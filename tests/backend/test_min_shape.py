@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
 from backend.imaging.errors import VolumeTooSmall
 from backend.imaging.min_shape import check_min_shape, model_grid_shape
 from backend.main import create_app
+from backend.migrations import run_migrations
 from backend.security import create_token
 from backend.services import registry
 from backend.tables import Case, Job, Role

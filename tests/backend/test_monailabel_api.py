@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
 from backend.imaging.nrrd import read_nrrd, write_nrrd
 from backend.main import create_app
+from backend.migrations import run_migrations
 from backend.security import create_token
 from backend.services import registry
 from backend.tables import Role

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
 from backend.main import create_app
+from backend.migrations import run_migrations
 from backend.pacs import pulls
 from backend.security import create_token
 from backend.storage import ArtifactStore

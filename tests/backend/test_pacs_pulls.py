@@ -11,14 +11,13 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from backend.broker import SEGMENT_TASK
-from backend.cli import run_migrations
+from backend.broker import PULL_TASK, PUSH_TASK, SEGMENT_TASK
 from backend.config import Settings
 from backend.db import session_scope
 from backend.errors import Conflict, NotFound
+from backend.migrations import run_migrations
 from backend.pacs import imports, ledger, pulls, pushes
 from backend.pacs.client import PacsNotConfigured, PacsUnavailable
-from backend.pacs.names import PULL_TASK, PUSH_TASK
 from backend.storage import ArtifactStore
 from backend.tables import Case, Job, ModelState, ModelVersion
 from tests.helpers import LA_CLASSES, TINY_GEOMETRY, blob_volume, oblique_affine, write_dicom_series

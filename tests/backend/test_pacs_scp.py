@@ -12,9 +12,9 @@ import pydicom
 import pytest
 
 from backend.broker import SEGMENT_TASK
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
+from backend.migrations import run_migrations
 from backend.tables import Case, ModelState, ModelVersion
 from tests.helpers import (
     LA_CLASSES,

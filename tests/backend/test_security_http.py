@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
 from backend.main import create_app
+from backend.migrations import run_migrations
 from backend.security import create_token
 from backend.tables import Role
 

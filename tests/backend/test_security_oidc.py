@@ -16,10 +16,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
 from backend.main import create_app
+from backend.migrations import run_migrations
 from backend.security import create_token
 from backend.tables import Role
 

@@ -13,11 +13,10 @@ import pytest
 from pydantic import ValidationError
 
 from backend.broker import RETRAIN_TASK, SEGMENT_TASK
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
+from backend.migrations import run_migrations
 from backend.services import jobs, training, workers
-from backend.services.jobs import _aware
 from backend.tables import Case, Job, JobState, RunState, TrainingRun, Worker, utcnow
 
 
@@ -118,8 +117,8 @@ def test_heartbeat_renews_held_leases_and_reports_a_lost_row(settings: Settings)
         job = session.get(Job, job_id)
         row = session.get(Worker, me)
         assert job is not None and row is not None
-        assert _aware(job.lease_expires_at) == later + timedelta(seconds=s.job_lease_s)
-        assert _aware(row.last_seen_at) == later
+        assert job.lease_expires_at == later + timedelta(seconds=s.job_lease_s)
+        assert row.last_seen_at == later
         # the sweeper would keep this job: its lease is fresh
         assert jobs.sweep(session, s.job_queued_grace_s, now=later + timedelta(seconds=5)) == []
     past_limit = utcnow() + timedelta(seconds=s.job_time_limit_s + 61)
@@ -128,7 +127,7 @@ def test_heartbeat_renews_held_leases_and_reports_a_lost_row(settings: Settings)
     with session_scope(url) as session:
         job = session.get(Job, job_id)
         assert job is not None
-        assert _aware(job.lease_expires_at) == later + timedelta(seconds=s.job_lease_s)
+        assert job.lease_expires_at == later + timedelta(seconds=s.job_lease_s)
         assert [j.id for j in jobs.sweep(session, s.job_queued_grace_s, now=past_limit)] == [job_id]
         workers.unregister(session, me)
     with session_scope(url) as session:

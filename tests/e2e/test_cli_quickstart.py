@@ -84,7 +84,6 @@ def test_bad_input_exits_with_code_2(quickstart: dict[str, Path]) -> None:
     """In-process (typer's runner on the same app) to spare a torch import per case."""
     from typer.testing import CliRunner
 
-    import backend.cli_ml  # noqa: F401 - registers the commands
     from backend.cli import app
 
     tmp, data = quickstart["tmp"], str(quickstart["data"])

@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from models.data.readers import LA_H5_SPACING, Case, LAH5Dataset, MSDDataset, Volume, read_label, read_nifti
+from models.data.msd import MSDDataset
+from models.data.readers import LA_H5_SPACING, Case, LAH5Dataset, Volume, read_label, read_nifti
 
 AFFINE = np.array([[0.8, 0, 0, -10.0], [0, 0.9, 0, 5.0], [0, 0, 2.5, 1.0], [0, 0, 0, 1]])
 

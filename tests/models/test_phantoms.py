@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.data.msd import MSDDataset
 from models.data.phantoms import (
     PHANTOM_CLASSES,
     STRUCTURES,
@@ -15,7 +16,6 @@ from models.data.phantoms import (
     otsu_threshold,
     write_phantom_dataset,
 )
-from models.data.readers import MSDDataset
 
 SMALL = (64, 64, 48)  # fast in tests; anatomy scales with the field of view
 

@@ -15,7 +15,7 @@ from torch import nn
 from models.data.transforms import preprocess
 from models.inference.fuse import fold_batchnorm
 from models.inference.onednn import OneDNNConv, OneDNNNet, onednn_available, onednn_graph
-from models.inference.predictor import Predictor, normalized_entropy, resolve_amp
+from models.inference.predictor import Predictor, normalized_entropy
 from models.inference.sliding import (
     ImportanceMapCache,
     gaussian_importance_map,
@@ -25,6 +25,7 @@ from models.inference.sliding import (
 from models.networks import build_network
 from models.networks.blocks import ConvStage
 from models.package import ModelCard, ModelPackage, load_package, save_package
+from models.runtime import resolve_amp
 from tests.models.test_package import _one_thread, card_dict, make_card, make_nets  # noqa: F401
 
 PATCH = (16, 16, 16)

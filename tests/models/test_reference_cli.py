@@ -7,7 +7,6 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from backend import cli_ml  # noqa: F401 - registers `dualseg reference`
 from backend.cli import app
 from models.data.phantoms import write_phantom_dataset
 from models.package import load_package, package_hash

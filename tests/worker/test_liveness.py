@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
+from backend.migrations import run_migrations
 from backend.services import jobs
-from backend.services.jobs import _aware
 from backend.tables import Case, Job, Worker, utcnow
 from worker.liveness import Liveness
 
@@ -36,11 +35,11 @@ def test_heartbeat_thread_renews_the_lease_during_a_silent_step(tmp_path: Path) 
         with session_scope(s.resolved_database_url) as session:
             row = session.get(Job, job_id)
             assert row is not None and row.state.value == "running"
-            lease = _aware(row.lease_expires_at)
+            lease = row.lease_expires_at
             assert lease is not None and lease > utcnow()
             assert jobs.sweep(session, s.job_queued_grace_s) == []
             me = session.get(Worker, beat.id)
-            assert me is not None and (utcnow() - (_aware(me.last_seen_at) or utcnow())).total_seconds() < 1
+            assert me is not None and (utcnow() - (me.last_seen_at or utcnow())).total_seconds() < 1
     finally:
         beat.stop()
     with session_scope(s.resolved_database_url) as session:

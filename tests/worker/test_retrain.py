@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backend.cli import run_migrations
 from backend.config import Settings
 from backend.db import session_scope
+from backend.migrations import run_migrations
 from backend.services import cases, corrections, registry, training
 from backend.services.uploads import stage_files
 from backend.storage import ArtifactStore

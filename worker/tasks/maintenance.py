@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from backend.broker import RETRAIN_TASK, SEGMENT_TASK
+from backend.broker import RETRAIN_TASK, SEGMENT_TASK, queue_for
 from backend.config import Settings
 from backend.db import session_scope
 from backend.services import jobs
@@ -27,7 +27,8 @@ def sweep_once(settings: Settings, enqueue: jobs.Enqueue) -> int:
         session.flush()
         resend += [(SEGMENT_TASK, j.id, j.queue) for j in jobs.sweep(session, settings.job_queued_grace_s)
                    if (SEGMENT_TASK, j.id, j.queue) not in resend]
-        resend += [(RETRAIN_TASK, run_id, settings.queue_training) for run_id in sweep_runs(session)]
+        retrain_queue = queue_for(settings, RETRAIN_TASK)
+        resend += [(RETRAIN_TASK, run_id, retrain_queue) for run_id in sweep_runs(session)]
     for task, item_id, queue in resend:
         enqueue(task, item_id, queue)
     if resend:

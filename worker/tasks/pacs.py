@@ -15,10 +15,10 @@ from typing import Any
 
 from celery import Celery
 
+from backend.broker import PACS_POLL_TASK, PACS_SWEEP_TASK, PULL_TASK, PUSH_TASK
 from backend.config import Settings
 from backend.pacs import imports, pulls, pushes
 from backend.pacs.client import dicomweb_configured
-from backend.pacs.names import POLL_TASK, PULL_TASK, PUSH_TASK, SWEEP_TASK
 from backend.services.jobs import Enqueue
 from backend.storage import ArtifactStore
 
@@ -39,10 +39,10 @@ def sweep_once(settings: Settings, store: ArtifactStore, enqueue: Enqueue) -> di
 def beat_entries(settings: Settings) -> dict[str, dict[str, Any]]:
     """Beat schedule entries of the PACS integration (merged into the worker app's schedule)."""
     entries: dict[str, dict[str, Any]] = {
-        "pacs-sweep": {"task": SWEEP_TASK, "schedule": float(settings.sweep_interval_s)},
+        "pacs-sweep": {"task": PACS_SWEEP_TASK, "schedule": float(settings.sweep_interval_s)},
     }
     if settings.pacs_poll_interval_s > 0 and dicomweb_configured(settings):
-        entries["pacs-poll-corrections"] = {"task": POLL_TASK,
+        entries["pacs-poll-corrections"] = {"task": PACS_POLL_TASK,
                                             "schedule": float(settings.pacs_poll_interval_s)}
     return entries
 
@@ -61,10 +61,10 @@ def register_pacs_tasks(app: Celery, settings: Settings, enqueue: Enqueue) -> No
     def push(push_id: str) -> str:
         return pushes.carry_out(settings, store, push_id, enqueue)
 
-    @app.task(name=SWEEP_TASK, ignore_result=True)
+    @app.task(name=PACS_SWEEP_TASK, ignore_result=True)
     def sweep() -> dict[str, int]:
         return sweep_once(settings, store, enqueue)
 
-    @app.task(name=POLL_TASK, ignore_result=True, soft_time_limit=limit, time_limit=limit + 60)
+    @app.task(name=PACS_POLL_TASK, ignore_result=True, soft_time_limit=limit, time_limit=limit + 60)
     def poll() -> dict[str, Any]:
         return imports.poll(settings, store).as_dict()

@@ -22,7 +22,6 @@ from backend.services import registry, training
 from backend.storage import ArtifactStore
 from backend.tables import ModelState, RunState, TrainingRun, utcnow
 from worker.liveness import current_worker_id
-from worker.model_cache import resolve_device
 
 log = logging.getLogger("dualseg.worker.retrain")
 
@@ -158,10 +157,11 @@ def _train_and_gate(settings: Settings, store: ArtifactStore, run_id: str, base:
     from models.data.transforms import preprocess, preprocess_label
     from models.inference.predictor import Predictor
     from models.package import ModelCard, ModelPackage, load_package, save_package
+    from models.runtime import resolve_device
     from models.training.pipeline import training_reference
     from models.training.trainer import CHECKPOINT_NAME, Trainer
 
-    device = torch.device(resolve_device(settings.device))
+    device = resolve_device(settings.device, require_available=False)
     card = base["card"]
     config = _config_for(preset, overrides, card)
     spec = card["preprocessing"]

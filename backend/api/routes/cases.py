@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import CeleryDep, OffsetQuery, SessionDep, SettingsDep, StoreDep, require_role, send_job
+from backend.api.deps import CeleryDep, OffsetQuery, SessionDep, SettingsDep, StoreDep, require_role
 from backend.api.presenters import case_public, case_urls, job_public
-from backend.broker import SEGMENT_TASK
+from backend.broker import SEGMENT_TASK, send_job
 from backend.errors import TooLarge
 from backend.schemas.cases import (
     CaseCreated,

@@ -13,10 +13,9 @@ from backend.api.deps import (
     SettingsDep,
     StoreDep,
     require_role,
-    send_job,
 )
 from backend.api.presenters import correction_public
-from backend.broker import RETRAIN_TASK
+from backend.broker import RETRAIN_TASK, queue_for, send_job
 from backend.errors import BadInput, Conflict
 from backend.schemas.models import CorrectionPublic
 from backend.services import audit, corrections, training
@@ -72,7 +71,7 @@ def maybe_start_retraining(session: SessionDep, settings: SettingsDep, celery: C
     except Conflict:
         return
     session.commit()
-    send_job(celery, RETRAIN_TASK, run.id, settings.queue_training)
+    send_job(celery, RETRAIN_TASK, run.id, queue_for(settings, RETRAIN_TASK))
 
 
 @router.get("/cases/{case_id}/corrections", response_model=list[CorrectionPublic],

@@ -24,10 +24,9 @@ from backend.api.deps import (
     ViewerDep,
     require_role,
     resolve_principal,
-    send_job,
 )
 from backend.api.routes.corrections import maybe_start_retraining
-from backend.broker import RETRAIN_TASK, SEGMENT_TASK
+from backend.broker import RETRAIN_TASK, SEGMENT_TASK, queue_for, send_job
 from backend.errors import BadInput, NotFound, Unauthorized
 from backend.imaging.errors import ImagingError
 from backend.imaging.nifti import write_nifti
@@ -224,11 +223,11 @@ def train_status(session: SessionDep, check_if_running: bool = False) -> dict[st
 
 
 @router.post("/train/{model}", dependencies=ADMIN, summary="MONAI Label: start a retraining run")
-def train_start(model: str, session: SessionDep, celery: CeleryDep,
+def train_start(model: str, session: SessionDep, settings: SettingsDep, celery: CeleryDep,
                 params: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
     run = ml.start_training(session, model, params or {})
     session.commit()
-    send_job(celery, RETRAIN_TASK, run.id, celery.conf.task_routes[RETRAIN_TASK]["queue"])
+    send_job(celery, RETRAIN_TASK, run.id, queue_for(settings, RETRAIN_TASK))
     return ml.run_status(run)
 
 

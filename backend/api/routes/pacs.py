@@ -16,17 +16,15 @@ from backend.api.deps import (
     SettingsDep,
     StoreDep,
     require_role,
-    send_job,
 )
 from backend.api.presenters import case_urls, correction_public
-from backend.broker import SEGMENT_TASK
+from backend.broker import PULL_TASK, PUSH_TASK, SEGMENT_TASK, send_job
 from backend.errors import BadInput, NotFound
 from backend.pacs import ledger, pulls, pushes
 from backend.pacs.client import PacsClient, PacsNotConfigured, dicomweb_configured, dicomweb_roots
 from backend.pacs.dimse import forward_peer
 from backend.pacs.imports import import_instance
 from backend.pacs.ingest import newest_case_for_series
-from backend.pacs.names import PULL_TASK, PUSH_TASK
 from backend.schemas.pacs import (
     ImportSegRequest,
     ImportSegResult,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import CeleryDep, SessionDep, SettingsDep, require_role, send_job
-from backend.broker import RETRAIN_TASK
+from backend.api.deps import CeleryDep, SessionDep, SettingsDep, require_role
+from backend.broker import RETRAIN_TASK, queue_for, send_job
 from backend.schemas.models import TrainingReadiness, TrainingRunCreate, TrainingRunPublic
 from backend.services import training
 from backend.tables import TrainingRun
@@ -28,7 +28,8 @@ def run_public(run: TrainingRun) -> TrainingRunPublic:
 
 @router.post("", status_code=202, response_model=TrainingRunPublic, dependencies=ADMIN,
              summary="Start a semi-supervised retraining run (409 while another one is queued or running)")
-def create_run(session: SessionDep, celery: CeleryDep, body: TrainingRunCreate | None = None) -> JSONResponse:
+def create_run(session: SessionDep, settings: SettingsDep, celery: CeleryDep,
+               body: TrainingRunCreate | None = None) -> JSONResponse:
     body = body or TrainingRunCreate()
     if body.preset is not None:
         from backend.services.presets import check_preset
@@ -36,7 +37,7 @@ def create_run(session: SessionDep, celery: CeleryDep, body: TrainingRunCreate |
         check_preset(body.preset)
     run = training.create_run(session, "api", body.preset, body.overrides, body.iterations)
     session.commit()
-    send_job(celery, RETRAIN_TASK, run.id, celery.conf.task_routes[RETRAIN_TASK]["queue"])
+    send_job(celery, RETRAIN_TASK, run.id, queue_for(settings, RETRAIN_TASK))
     return JSONResponse(run_public(run).model_dump(mode="json"), status_code=202)
 
 
