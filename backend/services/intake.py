@@ -40,10 +40,13 @@ def require_model(session: Session, version: str | None, hint: str = "") -> str:
     return resolved
 
 
-def queue_segmentation(session: Session, settings: Settings, case: Case, version: str) -> Job:
+def queue_segmentation(session: Session, settings: Settings, case: Case, version: str,
+                       check_shape: bool = True) -> Job:
     """A queued segmentation job of ``case`` (marked enqueued; not committed, not sent). A case below the
-    model's minimum shape (backend/imaging/min_shape.py) is refused with a 422 first."""
-    case_service.check_segmentable(case.shape, case.affine, case_service.model_card(session, version))
+    model's minimum shape (backend/imaging/min_shape.py) is refused with a 422 first, unless the caller
+    has just checked it (``check_shape=False``)."""
+    if check_shape:
+        case_service.check_segmentable(case.shape, case.affine, case_service.model_card(session, version))
     job = jobs.create_job(session, case, settings.queue_inference, settings.job_max_attempts,
                           model_version=version)
     jobs.mark_enqueued(session, job.id)
@@ -76,7 +79,9 @@ def intake(
                                        created_by=created_by, model_version=version)
         if meta:
             new.case.meta = {**(new.case.meta or {}), **meta}
-        job = queue_segmentation(session, settings, new.case, version) if version is not None else None
+        # create_case checked the minimum shape against this version already
+        job = (queue_segmentation(session, settings, new.case, version, check_shape=False)
+               if version is not None else None)
     finally:
         discard(folder)
     return Intake(case=new.case, job=job, staged=staged)

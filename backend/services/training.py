@@ -17,9 +17,7 @@ from backend.errors import Conflict, NotFound
 from backend.tables import Case, Correction, RunState, TrainingRun, utcnow
 
 ACTIVE_STATES = (RunState.queued, RunState.running)
-
-
-SPLITS = ("train", "validation")
+SPLIT_LOCK_KEY = 0x64736700  # "dsg\0": the advisory lock of the split assignment
 
 
 def in_validation(case_id: str, percent: int) -> bool:
@@ -43,6 +41,13 @@ def next_side(n_train: int, n_validation: int, percent: int) -> str:
     """The side of the next corrected case, given the sides already stored."""
     n = n_train + n_validation + 1
     return "validation" if n_validation < validation_target(n, percent) else "train"
+
+
+def _assign_next(n_train: int, n_validation: int, percent: int) -> tuple[int, int]:
+    """The counts after one more corrected case is assigned by ``next_side``."""
+    if next_side(n_train, n_validation, percent) == "validation":
+        return n_train, n_validation + 1
+    return n_train + 1, n_validation
 
 
 def split_counts(session: Session) -> tuple[int, int]:
@@ -69,9 +74,6 @@ def assign_split(session: Session, settings: Settings, case: Case) -> str:
     case.split = next_side(n_train, n_val, settings.retrain_val_percent)
     case.split_at = utcnow()
     return case.split
-
-
-SPLIT_LOCK_KEY = 0x64736700  # "dsg\0": the advisory lock of the split assignment
 
 
 @dataclass
@@ -112,10 +114,7 @@ def corrections_needed(n_train: int, n_validation: int, settings: Settings, seed
     """How many more corrected cases (assigned by ``next_side``) until a run can start."""
     need = 0
     while n_train + seed_labeled < settings.retrain_min_labeled or n_validation < 1:
-        if next_side(n_train, n_validation, settings.retrain_val_percent) == "validation":
-            n_validation += 1
-        else:
-            n_train += 1
+        n_train, n_validation = _assign_next(n_train, n_validation, settings.retrain_val_percent)
         need += 1
     return need
 
@@ -144,10 +143,7 @@ def readiness(session: Session, settings: Settings, seed_labeled: int = 0) -> di
     pending = session.scalars(select(Case.id).where(
         Case.split.is_(None), Case.id.in_(select(Correction.case_id)))).all()
     for _ in pending:  # corrected before a side was stored: counted as they will be assigned
-        if next_side(n_train, n_val, settings.retrain_val_percent) == "validation":
-            n_val += 1
-        else:
-            n_train += 1
+        n_train, n_val = _assign_next(n_train, n_val, settings.retrain_val_percent)
     corrected = n_train + n_val
     unlabeled = int(session.scalar(select(func.count()).select_from(Case)) or 0) - corrected
     need = corrections_needed(n_train, n_val, settings, seed_labeled)

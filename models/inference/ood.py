@@ -161,14 +161,14 @@ def score_case(reference: dict[str, Any] | None, features: dict[str, float]) -> 
                 "ood_reason": "the model package records no reference statistics of its training data"}
     names = tuple(reference["features"])
     center, scale = np.asarray(reference["center"]), np.asarray(reference["scale"])
-    ref = (np.asarray(reference["vectors"], dtype=np.float64) - center) / scale
+    raw = np.asarray(reference["vectors"], dtype=np.float64)
+    ref = (raw - center) / scale
     v = (np.array([features[f] for f in names], dtype=np.float64) - center) / scale
     dist = np.sqrt(((ref - v) ** 2).sum(axis=1))
     nearest = int(np.argmin(dist))
     d, d0 = float(dist[nearest]), float(reference["threshold"])
     score = d / (d + d0)
     flagged = score >= 0.5
-    raw = np.asarray(reference["vectors"], dtype=np.float64)
     lo, hi = raw.min(axis=0), raw.max(axis=0)
     outside = np.maximum(lo - v * scale - center, v * scale + center - hi) / scale
     order = [i for i in np.argsort(-outside) if outside[i] > 0][:2]
